@@ -1,0 +1,63 @@
+# Everything a fresh machine needs, from two entry points: `make up` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PROTO_SRC := $(shell find protos -name '*.proto')
+GOOGLE_PROTOS := $(VENV)/lib/python3.11/site-packages/google/api
+GEN := services/llmops/v1
+
+.PHONY: up test proto lint breaking stubs clean install
+
+## up: install, generate, start every service and Envoy in the foreground (Ctrl-C stops all)
+up: install proto
+	$(PY) deploy/scripts/run_local.py
+
+## test: the whole suite (unit, in-process gRPC on PostgreSQL and SQLite, through Envoy)
+test: install proto
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+install: $(VENV)/.installed node_modules/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet '.[test]'
+	touch $@
+
+node_modules/.installed: package.json
+	npm install --no-audit --no-fund --silent
+	touch $@
+
+## proto: Python code and the descriptor set Envoy needs, then buf lint
+proto: $(GEN)/.stamp build/api_descriptor.pb lint
+
+build/proto-deps/.stamp: $(VENV)/.installed
+	mkdir -p build/proto-deps/google/api
+	cp $(GOOGLE_PROTOS)/annotations.proto $(GOOGLE_PROTOS)/http.proto \
+	   $(GOOGLE_PROTOS)/field_behavior.proto build/proto-deps/google/api/
+	touch $@
+
+$(GEN)/.stamp: $(PROTO_SRC) build/proto-deps/.stamp
+	rm -rf services/llmops && mkdir -p $(GEN)
+	$(PY) -m grpc_tools.protoc -Iprotos -Ibuild/proto-deps \
+	  --python_out=services --pyi_out=services --grpc_python_out=services $(PROTO_SRC)
+	touch services/llmops/__init__.py $(GEN)/__init__.py $@
+
+build/api_descriptor.pb: $(PROTO_SRC) build/proto-deps/.stamp
+	$(PY) -m grpc_tools.protoc -Iprotos -Ibuild/proto-deps --include_imports \
+	  --include_source_info --descriptor_set_out=$@ $(PROTO_SRC)
+
+lint: node_modules/.installed build/proto-deps/.stamp
+	node_modules/.bin/buf lint
+
+## breaking: buf breaking against main
+breaking: node_modules/.installed build/proto-deps/.stamp
+	node_modules/.bin/buf breaking --against '.git#branch=main'
+
+## stubs: TypeScript stubs for other clients (buf generate with ts-proto)
+stubs: node_modules/.installed build/proto-deps/.stamp
+	node_modules/.bin/buf generate --path protos
+
+clean:
+	rm -rf build services/llmops var

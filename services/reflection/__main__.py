@@ -1,0 +1,17 @@
+import asyncio
+
+from shared.observability import configure_logging
+from shared.server import run_until_signalled
+from shared.settings import get_settings
+
+from .server import start
+
+
+async def main() -> None:
+    settings = get_settings()
+    configure_logging(level=settings.log_level, json=settings.log_json)
+    running = await start(settings)
+    await run_until_signalled(running, grace=settings.shutdown_grace_s)
+
+
+asyncio.run(main())

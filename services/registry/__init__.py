@@ -1,0 +1,1 @@
+"""Registry service: the model catalog, its approval workflow, and prompt templates."""

@@ -1,0 +1,96 @@
+"""Who is calling, and the access table declared on each RPC in the protos."""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+
+from google.protobuf import descriptor_pool
+
+from llmops.v1 import access_pb2
+from llmops.v1 import deployment_pb2, experiment_pb2, inference_pb2, registry_pb2  # noqa: F401  (fill the descriptor pool)
+
+from .errors import PermissionDenied, Unauthenticated
+
+ROLES = frozenset({"admin", "operator", "reviewer", "researcher", "viewer"})
+USER_ID_KEY = "x-user-id"
+ROLES_KEY = "x-user-roles"
+REQUEST_ID_KEY = "x-request-id"
+
+
+@dataclass(frozen=True)
+class Identity:
+    user_id: str
+    roles: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def is_anonymous(self) -> bool:
+        return not self.user_id
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """gRPC metadata that carries this identity to another service."""
+        return ((USER_ID_KEY, self.user_id), (ROLES_KEY, ",".join(sorted(self.roles))))
+
+
+ANONYMOUS = Identity(user_id="")
+_current: contextvars.ContextVar[Identity] = contextvars.ContextVar("identity", default=ANONYMOUS)
+_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+
+def current_identity() -> Identity:
+    return _current.get()
+
+
+def current_request_id() -> str:
+    return _request_id.get()
+
+
+def identity_from_metadata(metadata: dict[str, str]) -> Identity:
+    user_id = metadata.get(USER_ID_KEY, "").strip()
+    roles = {r.strip().lower() for r in metadata.get(ROLES_KEY, "").split(",")}
+    return Identity(user_id=user_id, roles=frozenset(roles & ROLES))
+
+
+def bind(identity: Identity, request_id: str) -> None:
+    _current.set(identity)
+    _request_id.set(request_id)
+
+
+class AccessTable:
+    """Method path (/pkg.Service/Method) -> the Access option of its proto."""
+
+    # Standard services every server carries, open to probes and grpcurl.
+    PUBLIC_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+                       "grpc.reflection.v1.ServerReflection")
+
+    def __init__(self, service_names: list[str]) -> None:
+        pool = descriptor_pool.Default()
+        self._rules: dict[str, access_pb2.Access] = {}
+        for name in service_names:
+            service = pool.FindServiceByName(name)
+            for method in service.methods:
+                options = method.GetOptions()
+                if options.HasExtension(access_pb2.access):
+                    self._rules[f"/{name}/{method.name}"] = options.Extensions[access_pb2.access]
+
+    def rule(self, method: str) -> access_pb2.Access | None:
+        return self._rules.get(method)
+
+    def check(self, method: str, identity: Identity) -> access_pb2.Access | None:
+        """Raise Unauthenticated/PermissionDenied unless identity may call method."""
+        if method.startswith(tuple(f"/{s}/" for s in self.PUBLIC_SERVICES)):
+            return None
+        rule = self._rules.get(method)
+        if rule is None:  # an RPC without a declared rule is closed, not open
+            raise PermissionDenied(f"{method} declares no access rule", reason="NO_ACCESS_RULE")
+        if rule.public:
+            return rule
+        if identity.is_anonymous:
+            raise Unauthenticated("missing identity: set the X-User-Id header", reason="MISSING_IDENTITY")
+        if rule.roles and not identity.roles & set(rule.roles):
+            allowed = ", ".join(rule.roles)
+            raise PermissionDenied(
+                f"role not allowed: {method.rsplit('/', 1)[-1]} needs one of [{allowed}]",
+                reason="ROLE_NOT_ALLOWED",
+            )
+        return rule

@@ -1,0 +1,123 @@
+"""The one server interceptor of every service: request id and identity,
+access check against the proto-declared table, domain errors to gRPC status
+(with google.rpc.ErrorInfo details), the envelope message for the gateway,
+one structured log line and metrics per call."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from . import identity as ident
+from .errors import DomainError
+from .observability import LATENCY, REQUESTS
+
+log = structlog.get_logger()
+
+ERROR_DOMAIN = "llmops.dev"
+MESSAGE_KEY = "x-llmops-message"
+
+
+def _status_details(code: grpc.StatusCode, message: str, reason: str) -> tuple[tuple[str, bytes], ...]:
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
+    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    return (("grpc-status-details-bin", status.SerializeToString()),)
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, service: str, table: ident.AccessTable) -> None:
+        self._service = service
+        self._table = table
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        method = details.method
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                async with _Call(self, method, context) as call:
+                    call.authorize()
+                    response = await inner(request, context)
+                    await call.send_envelope_message()
+                    return response
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream:
+            inner_stream = handler.unary_stream
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                async with _Call(self, method, context) as call:
+                    call.authorize()
+                    async for item in inner_stream(request, context):
+                        yield item
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, handler.request_deserializer, handler.response_serializer)
+        return handler  # client/bidi streaming: only the standard services use them
+
+
+class _Call:
+    """One call's bookkeeping, as an async context manager around the handler."""
+
+    def __init__(self, owner: CallInterceptor, method: str, context: grpc.aio.ServicerContext) -> None:
+        self.owner, self.method, self.context = owner, method, context
+        self.rule = None
+
+    async def __aenter__(self) -> "_Call":
+        self.started = time.perf_counter()
+        metadata = {m.key: m.value for m in self.context.invocation_metadata() or ()
+                    if isinstance(m.value, str)}
+        self.identity = ident.identity_from_metadata(metadata)
+        self.request_id = metadata.get(ident.REQUEST_ID_KEY) or str(uuid.uuid4())
+        ident.bind(self.identity, self.request_id)
+        structlog.contextvars.bind_contextvars(request_id=self.request_id, user=self.identity.user_id)
+        return self
+
+    def authorize(self) -> None:
+        self.rule = self.owner._table.check(self.method, self.identity)
+
+    async def send_envelope_message(self) -> None:
+        if self.rule is not None and not self.rule.raw_response:
+            await self.context.send_initial_metadata(((MESSAGE_KEY, self.rule.success_message),))
+
+    async def __aexit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> bool:
+        code = grpc.StatusCode.OK
+        try:
+            if isinstance(exc, DomainError):
+                code = exc.code
+                await self.context.abort(code, exc.message, _status_details(code, exc.message, exc.reason))
+            elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+                code = grpc.StatusCode.CANCELLED  # the client went away
+            elif exc is not None and not isinstance(exc, grpc.aio.AbortError):
+                code = grpc.StatusCode.INTERNAL
+                log.exception("unhandled error", method=self.method)
+                message = f"internal error (request id {self.request_id})"
+                await self.context.abort(code, message, _status_details(code, message, "INTERNAL"))
+            elif exc is not None:
+                code = self.context.code() or grpc.StatusCode.UNKNOWN  # handler aborted itself
+            return False
+        finally:
+            elapsed = time.perf_counter() - self.started
+            name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+            method = self.method.rsplit("/", 1)[-1]
+            REQUESTS.labels(self.owner._service, method, name).inc()
+            LATENCY.labels(self.owner._service, method, name).observe(elapsed)
+            log.info("rpc", method=self.method, code=name, latency_ms=round(elapsed * 1000, 2))
+            structlog.contextvars.unbind_contextvars("request_id", "user")

@@ -1,0 +1,42 @@
+"""Structured logs and Prometheus metrics shared by every service."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+from prometheus_client import Counter, Histogram, start_http_server
+
+REQUESTS = Counter(
+    "llmops_grpc_requests_total", "gRPC calls handled, by method and status code.",
+    ["service", "method", "code"],
+)
+LATENCY = Histogram(
+    "llmops_grpc_request_duration_seconds", "gRPC call latency, by method and status code.",
+    ["service", "method", "code"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+
+def configure_logging(*, level: str = "INFO", json: bool = True) -> None:
+    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper())
+    renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        cache_logger_on_first_use=True,
+    )
+
+
+def serve_metrics(port: int) -> None:
+    """Expose /metrics on port (0: disabled)."""
+    if port:
+        start_http_server(port)

@@ -1,0 +1,80 @@
+"""The gRPC server factory: servicers, health checking, reflection and the
+call interceptor, bound to a port (0 picks a free one and returns it)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .identity import AccessTable
+from .interceptors import CallInterceptor
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class Servicer:
+    """A generated add_*_to_server function, the servicer, and its full service name."""
+
+    add: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+    name: str
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+
+    async def stop(self, grace: float) -> None:
+        # Tell balancers first, then finish in-flight calls.
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def start_server(
+    *, service: str, servicers: list[Servicer], address: str, reflected: list[str] | None = None,
+) -> RunningServer:
+    """Serve servicers at address; reflection describes them (or `reflected`, when given)."""
+    server = grpc.aio.server(
+        interceptors=[CallInterceptor(service, AccessTable([s.name for s in servicers]))],
+        options=[("grpc.so_reuseport", 0)],
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for s in servicers:
+        s.add(s.servicer, server)
+    names = [s.name for s in servicers]
+    reflection.enable_server_reflection([*(reflected or names), health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"could not bind {address}")
+    await server.start()
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving", service=service, port=port)
+    return RunningServer(server=server, port=port, health=health_servicer)
+
+
+async def run_until_signalled(running: RunningServer, *, grace: float, on_stop: Callable[[], Any] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping", grace_s=grace)
+    await running.stop(grace)
+    if on_stop is not None:
+        result = on_stop()
+        if asyncio.iscoroutine(result):
+            await result

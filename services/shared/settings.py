@@ -1,0 +1,60 @@
+"""Configuration of every service, read once from LLMOPS_* environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseSettings):
+    """All knobs of the platform. Each field maps to LLMOPS_<FIELD_NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMOPS_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        default=f"sqlite:///{REPO_ROOT / 'var' / 'llmops.db'}",
+        description="SQLAlchemy URL. SQLite file by default; postgresql://... selects psycopg 3.",
+    )
+    redis_url: str | None = Field(default=None, description="Redis for rate limits, caches and streams.")
+
+    host: str = Field(default="127.0.0.1", description="Interface the gRPC services bind.")
+    registry_port: int = 50051
+    deployment_port: int = 50052
+    experiment_port: int = 50053
+    router_port: int = 50054
+    reflection_port: int = 50055
+    metrics_port: int = Field(default=0, description="Prometheus /metrics port of this process; 0 disables.")
+
+    gateway_port: int = Field(default=8080, description="Envoy: REST and gRPC on one port.")
+    gateway_admin_port: int = 9901
+    gateway_identity_mode: Literal["trusted-headers", "jwt"] = "trusted-headers"
+    gateway_max_body_bytes: int = Field(default=1_048_576, description="Request body limit (413 above).")
+    gateway_upstream_timeout_s: float = 120.0
+    jwt_issuer: str = ""
+    jwt_audiences: list[str] = Field(default_factory=list)
+    jwt_jwks_path: str = ""
+
+    environment: Literal["dev", "stg", "prod"] = Field(default="dev", description="Environment this gateway serves.")
+    log_level: str = "INFO"
+    log_json: bool = Field(default=True, description="JSON log lines (false: console format).")
+    shutdown_grace_s: float = 5.0
+
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg3(cls, url: str) -> str:
+        # SQLAlchemy's bare postgresql:// means psycopg2; this platform ships psycopg 3.
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix):]
+        return url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
