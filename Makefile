@@ -4,7 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PROTO_SRC := $(shell find protos -name '*.proto')
-GOOGLE_PROTOS := $(VENV)/lib/python3.11/site-packages/google/api
+GOOGLE_PROTOS := $(VENV)/lib/python3.11/site-packages/google
+# In the descriptor set too: the transcoder must know ErrorInfo to print error details.
+RPC_PROTOS := google/rpc/status.proto google/rpc/error_details.proto
 GEN := services/llmops/v1
 
 .PHONY: up test proto lint breaking stubs clean install
@@ -33,9 +35,10 @@ node_modules/.installed: package.json
 proto: $(GEN)/.stamp build/api_descriptor.pb lint
 
 build/proto-deps/.stamp: $(VENV)/.installed
-	mkdir -p build/proto-deps/google/api
-	cp $(GOOGLE_PROTOS)/annotations.proto $(GOOGLE_PROTOS)/http.proto \
-	   $(GOOGLE_PROTOS)/field_behavior.proto build/proto-deps/google/api/
+	mkdir -p build/proto-deps/google/api build/proto-deps/google/rpc
+	cp $(GOOGLE_PROTOS)/api/annotations.proto $(GOOGLE_PROTOS)/api/http.proto \
+	   $(GOOGLE_PROTOS)/api/field_behavior.proto build/proto-deps/google/api/
+	cp $(addprefix $(GOOGLE_PROTOS)/../,$(RPC_PROTOS)) build/proto-deps/google/rpc/
 	touch $@
 
 $(GEN)/.stamp: $(PROTO_SRC) build/proto-deps/.stamp
@@ -46,7 +49,7 @@ $(GEN)/.stamp: $(PROTO_SRC) build/proto-deps/.stamp
 
 build/api_descriptor.pb: $(PROTO_SRC) build/proto-deps/.stamp
 	$(PY) -m grpc_tools.protoc -Iprotos -Ibuild/proto-deps --include_imports \
-	  --include_source_info --descriptor_set_out=$@ $(PROTO_SRC)
+	  --include_source_info --descriptor_set_out=$@ $(PROTO_SRC) $(RPC_PROTOS)
 
 lint: node_modules/.installed build/proto-deps/.stamp
 	node_modules/.bin/buf lint

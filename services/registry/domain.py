@@ -135,7 +135,7 @@ def check_artifact_uri(value: str) -> str:
 
 def check_initial_status(status: ModelStatus) -> ModelStatus:
     if status not in (ModelStatus.DRAFT, ModelStatus.PENDING_REVIEW):
-        raise InvalidArgument("a new model starts as draft or pending_review", reason="INVALID_INITIAL_STATUS")
+        raise InvalidArgument("status of a new model must be draft or pending_review", reason="INVALID_INITIAL_STATUS")
     return status
 
 

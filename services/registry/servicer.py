@@ -19,10 +19,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def __init__(self, service: RegistryService) -> None:
         self._service = service
 
-    async def CreateModel(self, request: pb.CreateModelRequest, context) -> pb.CreateModelResponse:  # noqa: N802
+    async def CreateModel(self, request: pb.CreateModelRequest, context) -> pb.Model:  # noqa: N802
         spec = conv.model_spec(request)
         model = await asyncio.to_thread(self._service.create_model, actor=current_identity(), spec=spec)
-        return pb.CreateModelResponse(model=conv.model_to_proto(model))
+        return conv.model_to_proto(model)
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:  # noqa: N802
         filters = conv.model_filter(request)
@@ -32,22 +32,22 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             query={"type": request.type, "status": request.status, "ownerTeam": request.owner_team})
         return pb.ListModelsResponse(models=[conv.model_to_proto(m) for m in models], next_page_token=token)
 
-    async def GetModel(self, request: pb.GetModelRequest, context) -> pb.GetModelResponse:  # noqa: N802
+    async def GetModel(self, request: pb.GetModelRequest, context) -> pb.Model:  # noqa: N802
         model_id = parse_uuid(request.id, "id")
         model = await asyncio.to_thread(self._service.get_model, model_id=model_id)
-        return pb.GetModelResponse(model=conv.model_to_proto(model))
+        return conv.model_to_proto(model)
 
-    async def UpdateModelStatus(self, request: pb.UpdateModelStatusRequest, context) -> pb.UpdateModelStatusResponse:  # noqa: N802
+    async def UpdateModelStatus(self, request: pb.UpdateModelStatusRequest, context) -> pb.Model:  # noqa: N802
         model_id = parse_uuid(request.id, "id")
         status = conv.target_status(request)
         model = await asyncio.to_thread(self._service.update_model_status, actor=current_identity(),
                                         model_id=model_id, status=status, notes=request.notes[:4096])
-        return pb.UpdateModelStatusResponse(model=conv.model_to_proto(model))
+        return conv.model_to_proto(model)
 
-    async def CreatePromptTemplate(self, request: pb.CreatePromptTemplateRequest, context) -> pb.CreatePromptTemplateResponse:  # noqa: N802
+    async def CreatePromptTemplate(self, request: pb.CreatePromptTemplateRequest, context) -> pb.PromptTemplate:  # noqa: N802
         spec = conv.template_spec(request)
         template = await asyncio.to_thread(self._service.create_template, actor=current_identity(), spec=spec)
-        return pb.CreatePromptTemplateResponse(template=conv.template_to_proto(template))
+        return conv.template_to_proto(template)
 
     async def ListPromptTemplates(self, request: pb.ListPromptTemplatesRequest, context) -> pb.ListPromptTemplatesResponse:  # noqa: N802
         filters = conv.template_filter(request)
@@ -58,7 +58,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return pb.ListPromptTemplatesResponse(templates=[conv.template_to_proto(t) for t in templates],
                                               next_page_token=token)
 
-    async def GetPromptTemplate(self, request: pb.GetPromptTemplateRequest, context) -> pb.GetPromptTemplateResponse:  # noqa: N802
+    async def GetPromptTemplate(self, request: pb.GetPromptTemplateRequest, context) -> pb.PromptTemplate:  # noqa: N802
         template_id = parse_uuid(request.id, "id")
         template = await asyncio.to_thread(self._service.get_template, template_id=template_id)
-        return pb.GetPromptTemplateResponse(template=conv.template_to_proto(template))
+        return conv.template_to_proto(template)
