@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PROTO_SRC := $(shell find protos -name '*.proto')
-GOOGLE_PROTOS := $(VENV)/lib/python3.11/site-packages/google
+SITE := $(VENV)/lib/python3.11/site-packages
 # In the descriptor set too: the transcoder must know ErrorInfo to print error details.
 RPC_PROTOS := google/rpc/status.proto google/rpc/error_details.proto
 GEN := services/llmops/v1
@@ -36,9 +36,9 @@ proto: $(GEN)/.stamp build/api_descriptor.pb lint
 
 build/proto-deps/.stamp: $(VENV)/.installed
 	mkdir -p build/proto-deps/google/api build/proto-deps/google/rpc
-	cp $(GOOGLE_PROTOS)/api/annotations.proto $(GOOGLE_PROTOS)/api/http.proto \
-	   $(GOOGLE_PROTOS)/api/field_behavior.proto build/proto-deps/google/api/
-	cp $(addprefix $(GOOGLE_PROTOS)/../,$(RPC_PROTOS)) build/proto-deps/google/rpc/
+	cp $(SITE)/google/api/annotations.proto $(SITE)/google/api/http.proto \
+	   $(SITE)/google/api/field_behavior.proto build/proto-deps/google/api/
+	cp $(addprefix $(SITE)/,$(RPC_PROTOS)) build/proto-deps/google/rpc/
 	touch $@
 
 $(GEN)/.stamp: $(PROTO_SRC) build/proto-deps/.stamp

@@ -76,6 +76,7 @@ class ServiceHandle:
         self.address = address
         self.engine = engine
         self.channel = grpc.insecure_channel(address)
+        self.service: Any = None
 
     def count(self, table: str) -> int:
         assert self.engine is not None
@@ -93,6 +94,33 @@ def registry(settings: Settings, loop_thread: LoopThread) -> Iterator[ServiceHan
     yield handle
     handle.channel.close()
     loop_thread.run(running.stop(0))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def fake_runtime(database_url: str):
+    """One per database: its endpoints live in that database."""
+    from .fakes import FakeRuntime
+    return FakeRuntime()
+
+
+@pytest.fixture(scope="session")
+def deployment(settings: Settings, registry: ServiceHandle, loop_thread: LoopThread,
+               fake_runtime) -> Iterator[ServiceHandle]:
+    """The deployment service on the real registry, with a runtime double (no Triton)."""
+    from deployment.server import prepare_database, start
+
+    engine = prepare_database(settings)
+    registry_port = int(registry.address.rsplit(":", 1)[1])
+    running, service = loop_thread.run(start(settings.model_copy(update={"registry_port": registry_port,
+                                                                         "reconcile_interval_s": 0.2}),
+                                             engine=engine, runtime=fake_runtime, port=0))
+    handle = ServiceHandle(f"127.0.0.1:{running.port}", engine)
+    handle.service = service
+    yield handle
+    handle.channel.close()
+    loop_thread.run(running.stop(0))
+    loop_thread.run(service.close())
     engine.dispose()
 
 
@@ -168,10 +196,11 @@ def reflection(settings: Settings, loop_thread: LoopThread) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def gateway(settings: Settings, registry: ServiceHandle, reflection: str,
+def gateway(settings: Settings, registry: ServiceHandle, deployment: ServiceHandle, reflection: str,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """The real Envoy in front of the services that exist, as `make up` runs it."""
-    clusters = {"registry": _split(registry.address), "reflection": _split(reflection)}
+    """The real Envoy in front of the control plane, as `make up` runs it."""
+    clusters = {"registry": _split(registry.address), "deployment": _split(deployment.address),
+                "reflection": _split(reflection)}
     gw = start_envoy(settings, clusters, tmp_path_factory.mktemp("gateway"))
     yield gw
     gw.process.terminate()

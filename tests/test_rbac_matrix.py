@@ -21,7 +21,38 @@ TABLE = {
     "CreatePromptTemplate": {"researcher", "admin"},
     "ListPromptTemplates": ANY,
     "GetPromptTemplate": ANY,
+    "DeployEndpoint": {"operator", "admin"},
+    "ListEndpoints": ANY,
+    "GetEndpoint": ANY,
+    "UpdateEndpoint": {"operator", "admin"},
+    "RollbackEndpoint": {"operator", "admin"},
+    "DeleteEndpoint": {"operator", "admin"},
+    "ListEndpointRevisions": ANY,
 }
+SETUP = {"X-User-Id": "setup", "X-User-Roles": "admin"}
+
+
+@pytest.fixture(scope="module")
+def approved_model_id(gateway) -> str:
+    model_id = _draft_model(gateway)
+    for status in ("pending_review", "approved"):
+        r = requests.patch(f"{gateway.api}/catalog/models/{model_id}/status", json={"status": status}, headers=SETUP)
+        assert r.status_code == 200, r.text
+    return model_id
+
+
+def _deploy_body(model_id: str) -> dict:
+    return {"modelId": model_id, "environment": "dev", "route": f"/llm-ops/v1/serve/{unique('rbac')}"}
+
+
+def _endpoint(gateway, model_id: str, *, updated: bool = False) -> str:
+    r = requests.post(f"{gateway.api}/serving/endpoints", json=_deploy_body(model_id), headers=SETUP)
+    assert r.status_code == 200, r.text
+    endpoint_id = r.json()["data"]["id"]
+    if updated:  # so that there is a revision to roll back to
+        r = requests.patch(f"{gateway.api}/serving/endpoints/{endpoint_id}", json={"maxReplicas": 2}, headers=SETUP)
+        assert r.status_code == 200, r.text
+    return endpoint_id
 
 
 def _draft_model(gateway) -> str:
@@ -39,8 +70,23 @@ def _template(gateway) -> str:
     return r.json()["data"]["id"]
 
 
-def _request(gateway, rpc: str) -> tuple[str, str, dict | None]:
+def _request(gateway, rpc: str, model_id: str) -> tuple[str, str, dict | None]:
     api = gateway.api
+    endpoints = f"{api}/serving/endpoints"
+    if rpc == "DeployEndpoint":
+        return "POST", endpoints, _deploy_body(model_id)
+    if rpc == "ListEndpoints":
+        return "GET", endpoints, None
+    if rpc == "GetEndpoint":
+        return "GET", f"{endpoints}/{_endpoint(gateway, model_id)}", None
+    if rpc == "UpdateEndpoint":
+        return "PATCH", f"{endpoints}/{_endpoint(gateway, model_id)}", {"maxReplicas": 2}
+    if rpc == "RollbackEndpoint":
+        return "POST", f"{endpoints}/{_endpoint(gateway, model_id, updated=True)}/rollback", None
+    if rpc == "DeleteEndpoint":
+        return "DELETE", f"{endpoints}/{_endpoint(gateway, model_id)}", None
+    if rpc == "ListEndpointRevisions":
+        return "GET", f"{endpoints}/{_endpoint(gateway, model_id)}/revisions", None
     if rpc == "CreateModel":
         return "POST", f"{api}/catalog/models", {"name": unique("m"), "version": "1", "type": "chat",
                                                  "runtime": "llamacpp", "artifactUri": "pkg://x", "ownerTeam": "t"}
@@ -61,8 +107,8 @@ def _request(gateway, rpc: str) -> tuple[str, str, dict | None]:
 
 @pytest.mark.parametrize("role", [*ROLES, None])
 @pytest.mark.parametrize("rpc", sorted(TABLE))
-def test_access(gateway, rpc: str, role: str | None):
-    method, url, body = _request(gateway, rpc)
+def test_access(gateway, approved_model_id, rpc: str, role: str | None):
+    method, url, body = _request(gateway, rpc, approved_model_id)
     headers = {} if role is None else {"X-User-Id": f"user-{role}", "X-User-Roles": role}
     r = requests.request(method, url, json=body, headers=headers)
     expected = 401 if role is None else 200 if role in TABLE[rpc] else 403
@@ -71,12 +117,12 @@ def test_access(gateway, rpc: str, role: str | None):
 
 
 def test_roles_header_is_comma_separated_and_case_insensitive(gateway):
-    method, url, body = _request(gateway, "CreateModel")
+    method, url, body = _request(gateway, "CreateModel", "")
     r = requests.request(method, url, json=body, headers={"X-User-Id": "u", "X-User-Roles": "viewer, Researcher"})
     assert r.status_code == 200, r.text
 
 
 def test_identity_without_roles_may_read_but_not_write(gateway):
     assert requests.get(f"{gateway.api}/catalog/models", headers={"X-User-Id": "u"}).status_code == 200
-    method, url, body = _request(gateway, "CreateModel")
+    method, url, body = _request(gateway, "CreateModel", "")
     assert requests.request(method, url, json=body, headers={"X-User-Id": "u"}).status_code == 403

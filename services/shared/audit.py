@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime
+from sqlalchemy import JSON, DateTime
 from sqlmodel import Field, Session, SQLModel
 
 from .identity import current_request_id
@@ -25,8 +25,8 @@ class AuditRecordBase(SQLModel):
     resource_type: str
     resource_id: str = Field(index=True)
     request_id: str = ""
-    before: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
-    after: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    before: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    after: dict[str, Any] | None = Field(default=None, sa_type=JSON)
 
 
 def record(

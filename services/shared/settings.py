@@ -40,6 +40,27 @@ class Settings(BaseSettings):
     jwt_audiences: list[str] = Field(default_factory=list)
     jwt_jwks_path: str = ""
 
+    # Serving (deployment service)
+    serving_runtime: Literal["local", "kubernetes"] = Field(
+        default="local", description="local: Triton processes on this machine; kubernetes: Deployments + HPA.")
+    serving_dir: Path = Field(default=REPO_ROOT / "var" / "serving",
+                              description="Local runtime: model repositories, replica logs and state.")
+    triton_ready_timeout_s: float = Field(default=300.0, description="How long a new replica may take to be ready.")
+    reconcile_interval_s: float = Field(default=2.0, description="Local runtime: health check and autoscale period.")
+    drain_s: float = Field(default=2.0, description="Blue/green: how long old replicas keep serving after the switch.")
+    scale_down_window_s: float = Field(default=60.0,
+                                       description="Local autoscaler: a lower replica count must hold this long.")
+    kubernetes_namespace: str = Field(default="default", description="Namespace of endpoints without an override.")
+    kubernetes_namespaces: dict[str, str] = Field(
+        default_factory=dict, description='Per-environment namespaces, e.g. {"prod": "serving-prod"}.')
+    kubernetes_kubeconfig: str | None = Field(default=None, description="Kubeconfig path; in-cluster config when empty.")
+    triton_image: str = Field(default="nvcr.io/nvidia/tritonserver:24.08-py3", description="CPU replicas' image.")
+    triton_gpu_image: str = Field(default="nvcr.io/nvidia/tritonserver:24.08-trtllm-python-py3",
+                                  description="Image for tensorrt_llm models (GPU nodes).")
+    gpus_per_replica: int = Field(default=1, description="nvidia.com/gpu per replica of a tensorrt_llm model.")
+    ingress_class: str = "nginx"
+    ingress_host: str = Field(default="", description="Host of the endpoints' Ingress rules; empty: any host.")
+
     environment: Literal["dev", "stg", "prod"] = Field(default="dev", description="Environment this gateway serves.")
     log_level: str = "INFO"
     log_json: bool = Field(default=True, description="JSON log lines (false: console format).")

@@ -1,0 +1,20 @@
+import asyncio
+
+from shared.observability import configure_logging, serve_metrics
+from shared.server import run_until_signalled
+from shared.settings import get_settings
+
+from .server import make_runtime, prepare_database, start
+
+
+async def main() -> None:
+    settings = get_settings()
+    configure_logging(level=settings.log_level, json=settings.log_json)
+    serve_metrics(settings.metrics_port)
+    engine = prepare_database(settings)
+    running, service = await start(settings, engine=engine, runtime=make_runtime(settings))
+    await run_until_signalled(running, grace=settings.shutdown_grace_s, on_stop=service.close)
+    engine.dispose()
+
+
+asyncio.run(main())

@@ -1,0 +1,1 @@
+"""Serving runtimes: what turns an endpoint revision into running Triton replicas."""

@@ -1,0 +1,367 @@
+"""Deployment use cases and the controllers that converge each endpoint.
+
+Mutations only record the desired revision (serialised per endpoint, one
+transaction with its audit record) and wake the endpoint's controller; the
+controller applies it through the runtime (blue/green) and reports status.
+So a PATCH never waits on Triton, and a newer revision simply supersedes an
+older one that is still rolling out."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import structlog
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from shared import audit
+from shared.db import transaction
+from shared.errors import AlreadyExists
+from shared.identity import Identity
+from shared.timeutil import utcnow
+
+from . import repository as repo
+from .domain import (
+    ConfigChange, Endpoint, EndpointFilter, EndpointStatus, Environment, ModelSnapshot, Revision, RevisionReason,
+    ServingConfig, apply_change, check_bounds, check_servable, endpoint_name_from_route, rollback_target,
+)
+from .events import EndpointEvent, EndpointEvents
+from .runtimes.base import Health, ModelInfo, RuntimeFailure, RuntimeStatus, ServingRuntime, ServingSpec
+
+log = structlog.get_logger()
+
+
+class ModelCatalog(Protocol):
+    async def get_model(self, model_id: str, *, actor: Identity) -> tuple[ModelSnapshot, str]: ...
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    model_id: str
+    environment: Environment
+    route: str
+    min_replicas: int
+    max_replicas: int
+    cpu_target: int
+
+
+@dataclass(frozen=True)
+class RoutedEndpoint:
+    endpoint: Endpoint
+    runtime: RuntimeStatus
+
+
+HEALTH_TO_STATUS = {
+    Health.DEPLOYING: EndpointStatus.DEPLOYING,
+    Health.HEALTHY: EndpointStatus.HEALTHY,
+    Health.DEGRADED: EndpointStatus.DEGRADED,
+    Health.FAILED: EndpointStatus.FAILED,
+}
+
+
+class DeploymentService:
+    def __init__(self, *, engine: Engine, catalog: ModelCatalog, runtime: ServingRuntime,
+                 monitor_interval_s: float = 2.0) -> None:
+        self._engine = engine
+        self._catalog = catalog
+        self._runtime = runtime
+        self._monitor_interval = monitor_interval_s
+        self._locks: defaultdict[uuid.UUID, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._controllers: dict[uuid.UUID, _Controller] = {}
+        self._monitor: asyncio.Task | None = None
+        self._last_replicas: dict[uuid.UUID, tuple] = {}
+        self.events = EndpointEvents()
+        runtime.on_change = lambda endpoint_id: self.events.publish(EndpointEvent("upsert", endpoint_id))
+
+    # lifecycle -----------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._runtime.start()
+        for endpoint in await asyncio.to_thread(self._live_endpoints):
+            self._controller(endpoint.id).wake()
+        self._monitor = asyncio.create_task(self._monitor_loop(), name="endpoint-monitor")
+
+    async def close(self) -> None:
+        if self._monitor:
+            self._monitor.cancel()
+        for controller in list(self._controllers.values()):
+            await controller.stop()
+        await self._runtime.close()
+
+    # use cases -----------------------------------------------------------------------------------------------
+
+    async def deploy(self, *, actor: Identity, request: DeployRequest) -> Endpoint:
+        name = endpoint_name_from_route(request.route)
+        check_bounds(request.min_replicas, request.max_replicas, request.cpu_target)
+        model = await self._approved_model(request.model_id, actor)
+        config = ServingConfig(model=model, min_replicas=request.min_replicas, max_replicas=request.max_replicas,
+                               cpu_target=request.cpu_target)
+        endpoint = await asyncio.to_thread(self._create, actor, request, name, config)
+        self._controller(endpoint.id).wake()
+        self.events.publish(EndpointEvent("upsert", str(endpoint.id)))
+        return endpoint
+
+    async def update(self, *, actor: Identity, endpoint_id: uuid.UUID, change: ConfigChange) -> Endpoint:
+        model = await self._approved_model(change.model_id, actor) if change.model_id else None
+        async with self._locks[endpoint_id]:
+            endpoint = await asyncio.to_thread(self._append_revision, actor, endpoint_id, change, model)
+        self._controller(endpoint_id).wake()
+        self.events.publish(EndpointEvent("upsert", str(endpoint_id)))
+        return endpoint
+
+    async def rollback(self, *, actor: Identity, endpoint_id: uuid.UUID) -> Endpoint:
+        async with self._locks[endpoint_id]:
+            endpoint = await asyncio.to_thread(self._rollback, actor, endpoint_id)
+        self._controller(endpoint_id).wake()
+        self.events.publish(EndpointEvent("upsert", str(endpoint_id)))
+        return endpoint
+
+    async def delete(self, *, actor: Identity, endpoint_id: uuid.UUID) -> Endpoint:
+        async with self._locks[endpoint_id]:
+            endpoint = await asyncio.to_thread(self._delete, actor, endpoint_id)
+        # Replicas stop before the answer, so "deleted" means nothing runs any more.
+        await self._controller(endpoint_id).retire()
+        self._controllers.pop(endpoint_id, None)
+        self.events.publish(EndpointEvent("delete", str(endpoint_id)))
+        return endpoint
+
+    async def get(self, *, endpoint_id: uuid.UUID) -> Endpoint:
+        return await asyncio.to_thread(self._get, endpoint_id)
+
+    def list(self, *, filters: EndpointFilter, offset: int, limit: int) -> list[Endpoint]:
+        with Session(self._engine) as session:
+            rows = repo.list_rows(session=session, filters=filters, offset=offset, limit=limit)
+            return [repo.to_domain(r, repo.get_revision(session=session, endpoint_id=r.id, number=r.revision))
+                    for r in rows]
+
+    def list_revisions(self, *, endpoint_id: uuid.UUID, offset: int, limit: int) -> list[Revision]:
+        with Session(self._engine) as session:
+            repo.get_row(session=session, endpoint_id=endpoint_id, live=False)
+            rows = repo.list_revisions(session=session, endpoint_id=endpoint_id, offset=offset, limit=limit)
+            return [r.to_domain() for r in rows]
+
+    async def routed(self, endpoint_id: uuid.UUID) -> RoutedEndpoint | None:
+        try:
+            endpoint = await self.get(endpoint_id=endpoint_id)
+        except Exception:  # noqa: BLE001 - deleted meanwhile
+            return None
+        return RoutedEndpoint(endpoint, await self._runtime.status(str(endpoint_id)))
+
+    async def watch(self, *, environment: str | None) -> AsyncIterator[tuple[str, list[RoutedEndpoint | str]]]:
+        """("snapshot", [RoutedEndpoint...]) first, then ("upsert", [RoutedEndpoint]) / ("delete", [id])."""
+        async with self.events.subscribe() as queue:
+            snapshot = []
+            for endpoint in await asyncio.to_thread(self._live_endpoints):
+                if environment in (None, endpoint.environment):
+                    snapshot.append(RoutedEndpoint(endpoint, await self._runtime.status(str(endpoint.id))))
+            yield "snapshot", snapshot
+            while True:
+                event = await queue.get()
+                if event.kind == "delete":
+                    yield "delete", [event.endpoint_id]
+                    continue
+                routed = await self.routed(uuid.UUID(event.endpoint_id))
+                if routed and environment in (None, routed.endpoint.environment):
+                    yield "upsert", [routed]
+
+    # transactions (worker threads) ----------------------------------------------------------------------------
+
+    def _create(self, actor: Identity, request: DeployRequest, name: str, config: ServingConfig) -> Endpoint:
+        conflict = f"route {request.route} is already served in {request.environment}"
+        with transaction(self._engine, conflict=conflict) as session:
+            if repo.live_name_taken(session=session, environment=request.environment, name=name):
+                raise AlreadyExists(conflict, reason="ROUTE_TAKEN")
+            row = repo.EndpointRow(name=name, route=request.route, environment=request.environment,
+                                   model_id=config.model.id, status=EndpointStatus.DEPLOYING, revision=1,
+                                   desired_replicas=config.min_replicas)
+            session.add(row)
+            session.flush()
+            revision = repo.add_revision(session=session, endpoint=row, number=1, parent=None, config=config,
+                                         reason=RevisionReason.DEPLOY, actor=actor.user_id)
+            audit.record(session, repo.DeploymentAudit, actor=actor, action="DeployEndpoint",
+                         resource_type="endpoint", resource_id=str(row.id), before=None,
+                         after={**row.snapshot(), "config": asdict(config)})
+            return repo.to_domain(row, revision)
+
+    def _append_revision(self, actor: Identity, endpoint_id: uuid.UUID, change: ConfigChange,
+                         model: ModelSnapshot | None) -> Endpoint:
+        with transaction(self._engine) as session:
+            row = repo.get_row(session=session, endpoint_id=endpoint_id, for_update=True)
+            active = repo.get_revision(session=session, endpoint_id=endpoint_id, number=row.revision)
+            config = apply_change(active.config(), change, model)
+            return self._activate(session, actor, row, active, config, RevisionReason.UPDATE,
+                                  parent=row.revision, status=EndpointStatus.DEPLOYING, action="UpdateEndpoint")
+
+    def _rollback(self, actor: Identity, endpoint_id: uuid.UUID) -> Endpoint:
+        with transaction(self._engine) as session:
+            row = repo.get_row(session=session, endpoint_id=endpoint_id, for_update=True)
+            active = repo.get_revision(session=session, endpoint_id=endpoint_id, number=row.revision)
+            target = repo.get_revision(session=session, endpoint_id=endpoint_id,
+                                       number=rollback_target(active.to_domain()))
+            # The rollback is a new revision with the target's config, and the target's parent:
+            # rolling back again goes one step further back, not forth.
+            return self._activate(session, actor, row, active, target.config(), RevisionReason.ROLLBACK,
+                                  parent=target.parent_revision, status=EndpointStatus.ROLLBACK,
+                                  action="RollbackEndpoint")
+
+    def _activate(self, session: Session, actor: Identity, row: repo.EndpointRow, active: repo.RevisionRow,
+                  config: ServingConfig, reason: RevisionReason, *, parent: int | None, status: EndpointStatus,
+                  action: str) -> Endpoint:
+        before = {**row.snapshot(), "config": asdict(active.config())}
+        number = repo.latest_revision_number(session=session, endpoint_id=row.id) + 1
+        revision = repo.add_revision(session=session, endpoint=row, number=number, parent=parent, config=config,
+                                     reason=reason, actor=actor.user_id)
+        row.revision, row.model_id, row.status, row.status_reason = number, config.model.id, status, ""
+        row.desired_replicas = min(max(row.desired_replicas, config.min_replicas), config.max_replicas)
+        row.updated_at = utcnow()
+        session.add(row)
+        session.flush()
+        audit.record(session, repo.DeploymentAudit, actor=actor, action=action, resource_type="endpoint",
+                     resource_id=str(row.id), before=before, after={**row.snapshot(), "config": asdict(config)})
+        return repo.to_domain(row, revision)
+
+    def _delete(self, actor: Identity, endpoint_id: uuid.UUID) -> Endpoint:
+        with transaction(self._engine) as session:
+            row = repo.get_row(session=session, endpoint_id=endpoint_id, for_update=True)
+            before = row.snapshot()
+            row.status, row.deleted_at, row.updated_at = EndpointStatus.DELETED, utcnow(), utcnow()
+            row.desired_replicas = row.ready_replicas = 0
+            session.add(row)
+            session.flush()
+            audit.record(session, repo.DeploymentAudit, actor=actor, action="DeleteEndpoint",
+                         resource_type="endpoint", resource_id=str(row.id), before=before, after=row.snapshot())
+            return repo.to_domain(row, repo.get_revision(session=session, endpoint_id=row.id, number=row.revision))
+
+    def _get(self, endpoint_id: uuid.UUID, *, live: bool = True) -> Endpoint:
+        with Session(self._engine) as session:
+            row = repo.get_row(session=session, endpoint_id=endpoint_id, live=live)
+            return repo.to_domain(row, repo.get_revision(session=session, endpoint_id=row.id, number=row.revision))
+
+    def _live_endpoints(self) -> list[Endpoint]:
+        result, offset = [], 0
+        while page := self.list(filters=EndpointFilter(), offset=offset, limit=500):
+            result += page
+            offset += len(page)
+        return result
+
+    def _record_status(self, endpoint_id: uuid.UUID, *, expected_revision: int, status: EndpointStatus | None,
+                       reason: str, runtime: RuntimeStatus, applied: int | None = None) -> bool:
+        """Store what the runtime reports, unless a newer mutation got there first. True if it changed."""
+        with transaction(self._engine) as session:
+            try:
+                row = repo.get_row(session=session, endpoint_id=endpoint_id, for_update=True)
+            except Exception:  # noqa: BLE001 - deleted meanwhile
+                return False
+            if row.revision != expected_revision:
+                return False
+            new = dict(status=status or row.status, status_reason=reason,
+                       desired_replicas=runtime.desired_replicas, ready_replicas=runtime.ready_replicas,
+                       applied_revision=row.applied_revision if applied is None else applied)
+            if all(getattr(row, k) == v for k, v in new.items()):
+                return False
+            for key, value in new.items():
+                setattr(row, key, value)
+            row.updated_at = utcnow()
+            session.add(row)
+            return True
+
+    # helpers -------------------------------------------------------------------------------------------------
+
+    async def _approved_model(self, model_id: str, actor: Identity) -> ModelSnapshot:
+        model, status = await self._catalog.get_model(model_id, actor=actor)
+        check_servable(model, approved=status == "approved", status=status)
+        return model
+
+    def _controller(self, endpoint_id: uuid.UUID) -> _Controller:
+        if endpoint_id not in self._controllers:
+            self._controllers[endpoint_id] = _Controller(self, endpoint_id)
+        return self._controllers[endpoint_id]
+
+    async def _monitor_loop(self) -> None:
+        """Health and replica changes the runtime sees (a replica died, came back, scaled)."""
+        while True:
+            await asyncio.sleep(self._monitor_interval)
+            try:
+                for endpoint in await asyncio.to_thread(self._live_endpoints):
+                    if endpoint.applied_revision != endpoint.revision:
+                        continue  # its controller is rolling out and reports by itself
+                    status = await self._runtime.status(str(endpoint.id))
+                    changed = await asyncio.to_thread(
+                        self._record_status, endpoint.id, expected_revision=endpoint.revision,
+                        status=HEALTH_TO_STATUS[status.health], reason=status.reason, runtime=status)
+                    if changed or self._replicas_changed(endpoint.id, status):
+                        self.events.publish(EndpointEvent("upsert", str(endpoint.id)))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - keep monitoring
+                log.exception("endpoint monitor failed")
+
+    def _replicas_changed(self, endpoint_id: uuid.UUID, status: RuntimeStatus) -> bool:
+        previous = self._last_replicas.get(endpoint_id)
+        self._last_replicas[endpoint_id] = status.replicas
+        return previous is not None and previous != status.replicas
+
+
+def serving_spec(endpoint: Endpoint) -> ServingSpec:
+    config = endpoint.config
+    return ServingSpec(
+        endpoint_id=str(endpoint.id), name=endpoint.name, environment=endpoint.environment, route=endpoint.route,
+        revision=endpoint.revision, model=ModelInfo(**asdict(config.model)), min_replicas=config.min_replicas,
+        max_replicas=config.max_replicas, cpu_target=config.cpu_target)
+
+
+class _Controller:
+    """Converges one endpoint to its desired revision; one at a time, in order."""
+
+    def __init__(self, service: DeploymentService, endpoint_id: uuid.UUID) -> None:
+        self._service = service
+        self._id = endpoint_id
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name=f"controller-{endpoint_id}")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def retire(self) -> None:
+        """Stop converging (an apply in flight is cancelled) and remove every replica."""
+        await self.stop()
+        await self._service._runtime.remove(str(self._id))
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        try:
+            await self._task
+        except (asyncio.CancelledError, Exception):  # noqa: BLE001
+            pass
+
+    async def _run(self) -> None:
+        service = self._service
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                endpoint = await service.get(endpoint_id=self._id)
+            except Exception:  # noqa: BLE001 - deleted
+                return
+            if endpoint.applied_revision == endpoint.revision:
+                continue
+            status, reason = None, ""
+            try:
+                await service._runtime.apply(serving_spec(endpoint))
+                applied = endpoint.revision
+            except RuntimeFailure as exc:
+                applied, reason = None, f"revision {endpoint.revision} failed: {exc}"
+                log.warning("apply failed", endpoint=str(self._id), revision=endpoint.revision, error=str(exc))
+            runtime = await service._runtime.status(str(self._id))
+            status = HEALTH_TO_STATUS[runtime.health] if applied else (
+                EndpointStatus.FAILED if runtime.ready_replicas == 0 else EndpointStatus.DEGRADED)
+            changed = await asyncio.to_thread(
+                service._record_status, self._id, expected_revision=endpoint.revision, status=status,
+                reason=reason or runtime.reason, runtime=runtime, applied=applied)
+            if changed:
+                service.events.publish(EndpointEvent("upsert", str(self._id)))
