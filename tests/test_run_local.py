@@ -16,25 +16,28 @@ from .conftest import REPO_ROOT, free_port
 
 
 def test_launcher_serves_and_stops_without_orphans(tmp_path):
-    ports = {name: free_port() for name in ("GATEWAY", "GATEWAY_ADMIN", "REGISTRY", "REFLECTION")}
+    ports = {name: free_port() for name in ("GATEWAY", "GATEWAY_ADMIN", "REGISTRY", "DEPLOYMENT", "REFLECTION")}
     env = {**os.environ, "LLMOPS_DATABASE_URL": f"sqlite:///{tmp_path / 'up.db'}",
+           "LLMOPS_SERVING_DIR": str(tmp_path / "serving"),
            **{f"LLMOPS_{name}_PORT": str(port) for name, port in ports.items()}}
     launcher = subprocess.Popen([sys.executable, str(REPO_ROOT / "deploy" / "scripts" / "run_local.py")],
                                 env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        url = f"http://127.0.0.1:{ports['GATEWAY']}/llm-ops/v1/catalog/models"
-        deadline, response = time.monotonic() + 60, None
-        while time.monotonic() < deadline:
+        url = f"http://127.0.0.1:{ports['GATEWAY']}/llm-ops/v1/catalog/models?ownerTeam=platform"
+        deadline, models = time.monotonic() + 60, []
+        while time.monotonic() < deadline and len(models) < 2:
             try:
                 response = requests.get(url, headers={"X-User-Id": "admin"}, timeout=2)
                 if response.status_code == 200:
-                    break
+                    models = [m for m in response.json()["data"]["models"] if m["status"] == "approved"]
             except requests.ConnectionError:
                 pass
             time.sleep(0.3)
-        assert response is not None and response.json()["status"] == "success"
         children = psutil.Process(launcher.pid).children(recursive=True)
-        assert len(children) >= 3  # registry, reflection, envoy
+        assert len(children) >= 4  # registry, deployment, reflection, envoy
+        # The bundled models are in the catalog, registered and approved through the API.
+        assert {(m["name"], m["status"]) for m in models} == {
+            ("smollm2-135m-instruct", "approved"), ("multilingual-e5-small", "approved")}
     finally:
         launcher.send_signal(signal.SIGINT)
         launcher.wait(30)

@@ -17,7 +17,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "services"))
+sys.path.insert(0, str(Path(__file__).parent))
 
+from bundled_models import seed  # noqa: E402
 from shared.gateway import render_envoy_config  # noqa: E402
 from shared.settings import get_settings  # noqa: E402
 
@@ -50,6 +52,7 @@ def main() -> int:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "services"), "PYTHONUNBUFFERED": "1"}
     services = {
         "registry": settings.registry_port,
+        "deployment": settings.deployment_port,
         "reflection": settings.reflection_port,
     }
     envoy_config = render_envoy_config(
@@ -68,10 +71,16 @@ def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
 
-    if _wait_port(settings.gateway_port, 30) and all(_wait_port(p, 30) for p in services.values()):
-        print(f"\nLLM Ops platform is up: REST and gRPC on http://localhost:{settings.gateway_port}"
-              f"  (try: curl localhost:{settings.gateway_port}/llm-ops/v1/catalog/models "
-              "-H 'X-User-Id: admin' -H 'X-User-Roles: admin')\nCtrl-C stops everything.\n", flush=True)
+    if _wait_port(settings.gateway_port, 60) and all(_wait_port(p, 60) for p in services.values()):
+        api = f"http://localhost:{settings.gateway_port}/llm-ops/v1"
+        try:
+            models = "\n".join(f"  {m['name']:<24} {m['type']:<10} modelId {m['id']}" for m in seed(api))
+        except (OSError, RuntimeError) as exc:
+            models = f"  (could not seed the bundled models: {exc})"
+        print(f"\nLLM Ops platform is up: REST and gRPC on http://localhost:{settings.gateway_port}\n"
+              f"Bundled models, approved and ready to deploy:\n{models}\n"
+              f"Try: curl {api}/catalog/models -H 'X-User-Id: admin' -H 'X-User-Roles: admin'\n"
+              "Ctrl-C stops everything.\n", flush=True)
     code = 0
     while not stopping.is_set():
         dead = [name for name, p in procs.items() if p.poll() is not None]
@@ -91,6 +100,10 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+    # Triton replicas outlive a deployment-service restart on purpose; not the platform's.
+    if settings.serving_runtime == "local":
+        from deployment.runtimes.local import stop_all
+        stop_all(settings.serving_dir)
     return code
 
 

@@ -354,9 +354,12 @@ class _Controller:
             try:
                 await service._runtime.apply(serving_spec(endpoint))
                 applied = endpoint.revision
-            except RuntimeFailure as exc:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a runtime bug must show as failed, not kill the controller
                 applied, reason = None, f"revision {endpoint.revision} failed: {exc}"
-                log.warning("apply failed", endpoint=str(self._id), revision=endpoint.revision, error=str(exc))
+                log.warning("apply failed", endpoint=str(self._id), revision=endpoint.revision, error=str(exc),
+                            exc_info=not isinstance(exc, RuntimeFailure))
             runtime = await service._runtime.status(str(self._id))
             status = HEALTH_TO_STATUS[runtime.health] if applied else (
                 EndpointStatus.FAILED if runtime.ready_replicas == 0 else EndpointStatus.DEGRADED)

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
         default="local", description="local: Triton processes on this machine; kubernetes: Deployments + HPA.")
     serving_dir: Path = Field(default=REPO_ROOT / "var" / "serving",
                               description="Local runtime: model repositories, replica logs and state.")
+    triton_home: Path = Field(default=REPO_ROOT / "build" / "triton",
+                              description="Local runtime: where the tritonserver from nvidia-pytriton is laid out.")
     triton_ready_timeout_s: float = Field(default=300.0, description="How long a new replica may take to be ready.")
     reconcile_interval_s: float = Field(default=2.0, description="Local runtime: health check and autoscale period.")
     drain_s: float = Field(default=2.0, description="Blue/green: how long old replicas keep serving after the switch.")

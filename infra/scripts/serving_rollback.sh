@@ -1,0 +1,1 @@
+../../deploy/scripts/serving_rollback.sh

