@@ -5,6 +5,7 @@ and failures that leave no process behind."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -233,13 +234,21 @@ def test_restarting_the_deployment_service_adopts_replicas(stack):
     model = chat_model(stack)
     ep = assert_envelope(deploy(stack.gateway, deploy_body(model["id"])), 200, "success")["data"]
     stack.wait(ep["id"], "healthy")
-    before = {p.pid for p in stack.tritons()}
+
+    def own() -> set[int]:
+        return {p.pid for p in stack.tritons() if ep["id"] in " ".join(p.cmdline())}
+
+    before = own()
     stack.stop()
-    assert {p.pid for p in stack.tritons()} == before  # replicas outlive the service
+    assert own() == before  # replicas outlive the service
     stack.start()
     stack.wait(ep["id"], "healthy", timeout=30)
     time.sleep(1.5)  # a few reconcile rounds: nothing is started twice
-    assert {p.pid for p in stack.tritons()} == before
+    assert own() == before
+    # No orphans: every Triton under the serving directory is a replica the runtime recorded.
+    recorded = {r["pid"] for f in stack.settings.serving_dir.glob("*/state.json")
+                for r in json.loads(f.read_text())["replicas"]}
+    assert {p.pid for p in stack.tritons()} <= recorded
     [replica] = stack.replicas(ep["id"])
     assert generate(replica.grpc_address)
 

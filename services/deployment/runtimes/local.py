@@ -193,12 +193,18 @@ class LocalRuntime:
             self._persist(spec.endpoint_id)
             self._changed(spec.endpoint_id)  # traffic moves to the new replicas
             if old:
-                await asyncio.sleep(self._settings.drain_s)
-                await asyncio.gather(*(self._stop(r) for r in old))
-                state.replicas = [r for r in state.replicas if r not in old]
-                self._persist(spec.endpoint_id)
-                self._changed(spec.endpoint_id)
-            await asyncio.to_thread(self._prune_repositories, spec.endpoint_id, keep=repository.name)
+                # The switch is done: old replicas drain and stop in the background.
+                task = asyncio.create_task(self._retire(spec.endpoint_id, state, old, keep=repository.name))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    async def _retire(self, endpoint_id: str, state: EndpointState, old: list[Replica], *, keep: str) -> None:
+        await asyncio.sleep(self._settings.drain_s)
+        await asyncio.gather(*(self._stop(r) for r in old))
+        state.replicas = [r for r in state.replicas if r not in old]
+        if self._states.get(endpoint_id) is state:
+            self._persist(endpoint_id)
+            await asyncio.to_thread(self._prune_repositories, endpoint_id, keep=keep)
 
     async def remove(self, endpoint_id: str) -> None:
         state = self._states.pop(endpoint_id, None)
@@ -357,6 +363,8 @@ class LocalRuntime:
         assert state.spec is not None
         changed = False
         for replica in list(state.replicas):
+            if replica.draining:
+                continue  # being retired by _retire
             if not replica.alive():
                 log.warning("replica died; replacing it", endpoint=endpoint_id, replica=replica.id, pid=replica.pid)
                 state.replicas.remove(replica)
