@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from google.protobuf import struct_pb2
+
 from llmops.v1 import deployment_pb2 as pb
 from shared import validation as v
 from shared.timeutil import to_timestamp
@@ -78,8 +80,13 @@ def revision_to_proto(revision: Revision) -> pb.EndpointRevision:
 
 def routed_to_proto(routed: RoutedEndpoint) -> pb.RoutedEndpoint:
     runtime: RuntimeStatus = routed.runtime
+    model = routed.endpoint.config.model
+    metadata = struct_pb2.Struct()
+    metadata.update(model.metadata)
     return pb.RoutedEndpoint(
         endpoint=endpoint_to_proto(routed.endpoint), triton_model=runtime.triton_model,
+        model=pb.RevisionModel(id=model.id, name=model.name, version=model.version, type=model.type,
+                               runtime=model.runtime, metadata=metadata),
         replicas=[pb.Replica(id=r.id, grpc_address=r.grpc_address, ready=r.ready, revision=r.revision)
                   for r in runtime.replicas],
     )
