@@ -9,10 +9,17 @@
 --       {"status":"error","message":<message>,"data":null} with our HTTP status
 --   * anything else (raw methods, Envoy local replies already shaped by the HTTP
 --     connection manager's local_reply_config): body untouched.
--- Native gRPC and text/event-stream responses are never touched or buffered.
+-- For the OpenAI-compatible surface under /v1 (not native gRPC):
+--   * success: the body as transcoded, never buffered;
+--   * a gRPC error: {"error":{"message":...,"type":...,"code":<status name>}} with the
+--     same HTTP status table.
+-- Every such response loses the gRPC headers (x-llmops-message included).
+-- Native gRPC and text/event-stream responses are never buffered: a stream only
+-- loses those headers (its trailers are left alone).
 
 local META_NS = "llmops.gateway"
 local PREFIX = "/llm-ops/v1/"
+local OPENAI_PREFIX = "/v1/"
 
 -- gRPC status code -> HTTP status (ours, not Envoy's where they differ).
 local HTTP_STATUS = {
@@ -32,6 +39,25 @@ local HTTP_STATUS = {
   [14] = 503, -- UNAVAILABLE
   [15] = 500, -- DATA_LOSS
   [16] = 401, -- UNAUTHENTICATED
+}
+
+-- OpenAI error "code": the gRPC status name, lowercased.
+local CODE_NAME = {
+  [1] = "cancelled", [2] = "unknown", [3] = "invalid_argument", [4] = "deadline_exceeded",
+  [5] = "not_found", [6] = "already_exists", [7] = "permission_denied",
+  [8] = "resource_exhausted", [9] = "failed_precondition", [10] = "aborted",
+  [11] = "out_of_range", [12] = "unimplemented", [13] = "internal", [14] = "unavailable",
+  [15] = "data_loss", [16] = "unauthenticated",
+}
+
+-- OpenAI error "type". Other codes: invalid_request_error when our HTTP status is a
+-- 4xx (409, 499, ...), server_error otherwise.
+local OPENAI_TYPE = {
+  [3] = "invalid_request_error",
+  [16] = "authentication_error",
+  [7] = "permission_error",
+  [5] = "not_found_error",
+  [8] = "rate_limit_error",
 }
 
 local function json_string(s)
@@ -84,6 +110,8 @@ function envoy_on_request(request_handle)
   local path = headers:get(":path")
   if starts_with(path, PREFIX) then
     request_handle:streamInfo():dynamicMetadata():set(META_NS, "envelope", true)
+  elseif starts_with(path, OPENAI_PREFIX) then
+    request_handle:streamInfo():dynamicMetadata():set(META_NS, "openai", true)
   end
 end
 
@@ -95,12 +123,18 @@ local GRPC_HEADERS = {
 
 function envoy_on_response(response_handle)
   local md = response_handle:streamInfo():dynamicMetadata():get(META_NS)
-  if md == nil or not md["envelope"] then
-    return -- native gRPC, or outside /llm-ops/v1
+  if md == nil or not (md["envelope"] or md["openai"]) then
+    return -- native gRPC, or outside /llm-ops/v1 and /v1
   end
+  local openai = not md["envelope"]
   local headers = response_handle:headers()
   if starts_with(headers:get("content-type"), "text/event-stream") then
-    return -- streaming: never buffer
+    -- Streaming: headers only, never body() or trailers(), which would hold the
+    -- events back. An HTTP/2 client still gets grpc-status/grpc-message trailers.
+    for _, name in ipairs(GRPC_HEADERS) do
+      headers:remove(name)
+    end
+    return
   end
 
   local status = headers:get(":status")
@@ -115,8 +149,8 @@ function envoy_on_response(response_handle)
     headers:remove(name)
   end
   if status == "200" then
-    if message == nil then
-      return -- raw method: body as the transcoder wrote it
+    if message == nil or openai then
+      return -- raw method or /v1: body as the transcoder wrote it
     end
     -- Change headers before body(): this wrapper is dead once the script yields.
     headers:replace("content-type", "application/json")
@@ -140,10 +174,17 @@ function envoy_on_response(response_handle)
       return
     end
     response_handle:streamInfo():dynamicMetadata():set(META_NS, "grpc_status", code)
+    local http_status = HTTP_STATUS[code] or 500
     local h = response_handle:headers()
-    h:replace(":status", tostring(HTTP_STATUS[code] or 500))
+    h:replace(":status", tostring(http_status))
     h:replace("content-type", "application/json")
-    body:setBytes('{"status":"error","message":' .. text .. ',"data":null}')
+    if openai then
+      local kind = OPENAI_TYPE[code] or (http_status < 500 and "invalid_request_error" or "server_error")
+      body:setBytes('{"error":{"message":' .. text .. ',"type":"' .. kind .. '","code":"'
+        .. (CODE_NAME[code] or "unknown") .. '"}}')
+    else
+      body:setBytes('{"status":"error","message":' .. text .. ',"data":null}')
+    end
   end
 
   -- HTTP/2 clients would otherwise still get grpc-status / grpc-message as trailers.

