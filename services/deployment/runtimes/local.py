@@ -233,10 +233,11 @@ class LocalRuntime:
                              replicas=tuple(r.state() for r in state.replicas if r.ready and not r.draining))
 
     async def close(self) -> None:
-        if self._loop_task:
-            self._loop_task.cancel()
-        for task in list(self._background):
+        tasks = [t for t in (self._loop_task, *self._background) if t is not None]
+        for task in tasks:
             task.cancel()
+        # Wait, so that no reconcile round can start a replica after close() returned.
+        await asyncio.gather(*tasks, return_exceptions=True)
         # Replicas keep running: the next start() adopts them.
 
     # replicas ------------------------------------------------------------------------------------------------
