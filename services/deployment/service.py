@@ -21,7 +21,7 @@ from sqlmodel import Session
 
 from shared import audit
 from shared.db import transaction
-from shared.errors import AlreadyExists
+from shared.errors import AlreadyExists, NotFound
 from shared.identity import Identity
 from shared.timeutil import utcnow
 
@@ -148,7 +148,7 @@ class DeploymentService:
     async def routed(self, endpoint_id: uuid.UUID) -> RoutedEndpoint | None:
         try:
             endpoint = await self.get(endpoint_id=endpoint_id)
-        except Exception:  # noqa: BLE001 - deleted meanwhile
+        except NotFound:  # deleted meanwhile
             return None
         return RoutedEndpoint(endpoint, await self._runtime.status(str(endpoint_id)))
 
@@ -255,7 +255,7 @@ class DeploymentService:
         with transaction(self._engine) as session:
             try:
                 row = repo.get_row(session=session, endpoint_id=endpoint_id, for_update=True)
-            except Exception:  # noqa: BLE001 - deleted meanwhile
+            except NotFound:  # deleted meanwhile
                 return False
             if row.revision != expected_revision:
                 return False
@@ -346,7 +346,7 @@ class _Controller:
             self._wake.clear()
             try:
                 endpoint = await service.get(endpoint_id=self._id)
-            except Exception:  # noqa: BLE001 - deleted
+            except NotFound:  # deleted
                 return
             if endpoint.applied_revision == endpoint.revision:
                 continue
