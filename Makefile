@@ -60,7 +60,7 @@ breaking: node_modules/.installed build/proto-deps/.stamp
 
 ## stubs: TypeScript stubs for other clients (buf generate with ts-proto)
 stubs: node_modules/.installed build/proto-deps/.stamp
-	node_modules/.bin/buf generate --path protos
+	node_modules/.bin/buf generate protos
 
 clean:
 	rm -rf build services/llmops var
