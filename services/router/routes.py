@@ -56,13 +56,12 @@ class RouteTable:
         if event.kind == "snapshot":
             self.routes = {}
         for routed in event.endpoints:
-            by_id = {r.endpoint_id: n for n, r in self.routes.items()}
             if event.kind == "delete" or routed.endpoint.status == "deleted":
-                self.routes.pop(by_id.get(routed.endpoint.id, ""), None)
+                # A delete names only the id; routes are keyed by name, which never changes.
+                for name in [n for n, r in self.routes.items() if r.endpoint_id == routed.endpoint.id]:
+                    del self.routes[name]
                 continue
             route = route_from_proto(routed)
-            if (old := by_id.get(route.endpoint_id)) and old != route.name:
-                self.routes.pop(old, None)
             self.routes[route.name] = route
         self.synced.set()
 
