@@ -7,7 +7,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from llmops.v1 import deployment_pb2, deployment_pb2_grpc
-from shared.db import make_engine, migrate
+from shared.db import migrated_engine
 from shared.server import RunningServer, Servicer, start_server
 from shared.settings import Settings
 
@@ -21,9 +21,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def prepare_database(settings: Settings) -> Engine:
-    engine = make_engine(settings.database_url)
-    migrate(engine, script_location=MIGRATIONS, version_table="alembic_version_deployment")
-    return engine
+    return migrated_engine(settings.database_url, service="deployment", migrations=MIGRATIONS)
 
 
 def make_runtime(settings: Settings) -> ServingRuntime:

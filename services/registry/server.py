@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from llmops.v1 import registry_pb2, registry_pb2_grpc
-from shared.db import make_engine, migrate
+from shared.db import migrated_engine
 from shared.observability import configure_logging, serve_metrics
 from shared.server import RunningServer, Servicer, run_until_signalled, start_server
 from shared.settings import Settings, get_settings
@@ -21,9 +21,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def prepare_database(settings: Settings) -> Engine:
-    engine = make_engine(settings.database_url)
-    migrate(engine, script_location=MIGRATIONS, version_table="alembic_version_registry")
-    return engine
+    return migrated_engine(settings.database_url, service="registry", migrations=MIGRATIONS)
 
 
 async def start(settings: Settings, *, engine: Engine, port: int | None = None) -> RunningServer:

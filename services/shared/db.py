@@ -53,6 +53,13 @@ def transaction(engine: Engine, *, conflict: str = "already exists") -> Iterator
             raise
 
 
+def migrated_engine(url: str, *, service: str, migrations: Path) -> Engine:
+    """An engine on url with the service's tables at the newest migration."""
+    engine = make_engine(url)
+    migrate(engine, script_location=migrations, version_table=f"alembic_version_{service}")
+    return engine
+
+
 def migrate(engine: Engine, *, script_location: Path, version_table: str) -> None:
     """Bring a service's tables to the newest migration (run before serving)."""
     config = Config()
