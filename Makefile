@@ -9,23 +9,29 @@ SITE := $(VENV)/lib/python3.11/site-packages
 RPC_PROTOS := google/rpc/status.proto google/rpc/error_details.proto
 GEN := services/llmops/v1
 
-.PHONY: up test proto lint breaking stubs clean install
+.PHONY: up test proto lint breaking stubs clean install llama-check
 
 ## up: install, generate, start every service and Envoy in the foreground (Ctrl-C stops all)
-up: install proto
+up: install llama-check proto
 	$(PY) deploy/scripts/run_local.py
 
 ## test: the whole suite (unit, in-process gRPC on PostgreSQL and SQLite, through Envoy)
-test: install proto
+test: install llama-check proto
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 install: $(VENV)/.installed node_modules/.installed
 
-$(VENV)/.installed: pyproject.toml
+# llama-cpp-python first, from our portable wheel: otherwise pip builds it -march=native.
+$(VENV)/.installed: pyproject.toml deploy/scripts/llama_build.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) deploy/scripts/llama_build.py install
 	$(PY) -m pip install --quiet '.[test]'
 	touch $@
+
+## llama-check: llama.cpp generates a multi-token prompt on this CPU (a wheel from elsewhere may not)
+llama-check: $(VENV)/.installed
+	$(PY) deploy/scripts/llama_build.py check
 
 node_modules/.installed: package.json
 	npm install --no-audit --no-fund --silent
