@@ -97,7 +97,8 @@ class TritonPythonModel:
         # verbose=False: llama.cpp's own log lines below ERROR are dropped.
         self.llm = llama_cpp.Llama(model_path=gguf_path, n_ctx=n_ctx, n_batch=min(512, n_ctx),
                                    n_threads=n_threads, n_threads_batch=n_threads, verbose=False)
-        self.n_ctx = self.llm.n_ctx()
+        # llama.cpp may round a small context up; llama-cpp-python's own buffers keep the size asked for.
+        self.n_ctx = min(n_ctx, self.llm.n_ctx())
         pb_utils.Logger.log_info(f"llamacpp: loaded {os.path.basename(gguf_path)} "
                                  f"(n_ctx={self.n_ctx}, n_threads={self.llm.n_threads})")
 

@@ -11,9 +11,11 @@ between min and max with the HPA formula on measured CPU utilisation
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -30,12 +32,14 @@ import structlog
 from shared.settings import Settings
 
 from . import triton
-from .base import Health, ModelInfo, ReplicaState, RuntimeFailure, RuntimeStatus, ServingSpec
+from ..domain import ModelSnapshot
+from .base import Health, ReplicaState, RuntimeFailure, RuntimeStatus, ServingSpec
 
 log = structlog.get_logger()
 
 HPA_TOLERANCE = 0.1  # as the Kubernetes HPA: no change within 10% of the target
 STOP_TIMEOUT_S = 30.0
+REPLICA_PROGRAMS = ("tritonserver", "triton_python_backend_stub")
 
 
 @dataclass
@@ -51,10 +55,12 @@ class Replica:
     ready: bool = False
     draining: bool = False
     failed_checks: int = 0
+    model_processes: int = 0  # Python-backend stubs it ran once ready (one per model instance)
     popen: subprocess.Popen | None = field(default=None, repr=False, compare=False)
     ps: psutil.Process | None = field(default=None, repr=False, compare=False)
 
-    PERSISTED = ("id", "revision", "pid", "grpc_port", "http_port", "metrics_port", "repository", "log_path")
+    PERSISTED = ("id", "revision", "pid", "grpc_port", "http_port", "metrics_port", "repository", "log_path",
+                 "model_processes")
 
     def persistable(self) -> dict:
         return {key: getattr(self, key) for key in self.PERSISTED}
@@ -66,6 +72,23 @@ class Replica:
             return self.ps is not None and self.ps.is_running() and self.ps.status() != psutil.STATUS_ZOMBIE
         except psutil.Error:
             return False
+
+    def running_model_processes(self) -> int:
+        """Python-backend stubs under this tritonserver. When a stub dies, Triton keeps saying
+        ready and answers every request INTERNAL "Stub process ... is not healthy"; it never
+        restarts the stub itself."""
+        try:
+            children = self.ps.children() if self.ps else []
+        except psutil.Error:
+            return 0
+        count = 0
+        for child in children:
+            with contextlib.suppress(psutil.Error, IndexError):
+                count += os.path.basename(child.cmdline()[0]) == "triton_python_backend_stub"
+        return count
+
+    def model_died(self) -> bool:
+        return self.model_processes > 0 and self.running_model_processes() < self.model_processes
 
     def state(self) -> ReplicaState:
         return ReplicaState(id=self.id, grpc_address=f"127.0.0.1:{self.grpc_port}",
@@ -85,10 +108,13 @@ class EndpointState:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """Distinct free ports: each socket stays bound until all are chosen, so none repeats."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 async def _http_ready(port: int, timeout: float = 2.0) -> bool:
@@ -109,17 +135,19 @@ async def _http_ready(port: int, timeout: float = 2.0) -> bool:
 
 
 def _spec_from_json(data: dict) -> ServingSpec:
-    return ServingSpec(**{**data, "model": ModelInfo(**data["model"])})
+    return ServingSpec(**{**data, "model": ModelSnapshot(**data["model"])})
 
 
 def triton_processes_under(root: Path) -> list[psutil.Process]:
-    """Every tritonserver whose model repository lies under root."""
+    """Every process of a replica under root: tritonserver and its Python-backend stubs
+    (a stub names its model's directory; it outlives a tritonserver killed alone)."""
     marker = str(root)
     found = []
     for proc in psutil.process_iter(["name", "cmdline"]):
         try:
             cmdline = proc.info["cmdline"] or []
-            if any("tritonserver" in part for part in cmdline[:1]) and any(marker in part for part in cmdline):
+            program = os.path.basename(cmdline[0]) if cmdline else ""
+            if program in REPLICA_PROGRAMS and any(marker in part for part in cmdline):
                 found.append(proc)
         except psutil.Error:
             continue
@@ -127,21 +155,52 @@ def triton_processes_under(root: Path) -> list[psutil.Process]:
 
 
 def stop_all(root: Path) -> int:
-    """Stop every replica under root (`make up` calls this when it exits)."""
+    """Stop every replica process under root (`make up` calls this when it exits)."""
     procs = triton_processes_under(root)
     stop_procs(procs)
     return len(procs)
 
 
-def stop_procs(procs: list[psutil.Process]) -> None:
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=STOP_TIMEOUT_S)
-    for proc in alive:
-        proc.kill()
+def stop_procs(procs: list[psutil.Process], timeout: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM each process's group, SIGKILL the groups after timeout (a stub ignores SIGTERM)."""
+    groups = {_group_of(proc) for proc in procs} - {None}
+    for group in groups:
+        _signal_group(group, signal.SIGTERM if timeout > 0 else signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while any(_running(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for group in groups:
+        _signal_group(group, signal.SIGKILL)
+    for proc in procs:  # not in a group of their own
+        if _running(proc):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+
+def _running(proc: psutil.Process) -> bool:
+    """Alive, zombies excepted: a replica orphaned by a killed deployment service is reparented to
+    an init that may never reap it (psutil.wait_procs would wait out its whole timeout)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _group_of(proc: psutil.Process) -> int | None:
+    """The process group to signal: the replica's own session (tritonserver leads it)."""
+    try:
+        group = os.getpgid(proc.pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+    return group if group not in (os.getpgid(0), 0, 1) else None
+
+
+def _signal_group(group: int, sig: signal.Signals) -> bool:
+    try:
+        os.killpg(group, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
 
 
 class LocalRuntime:
@@ -162,10 +221,11 @@ class LocalRuntime:
         known: set[int] = set()
         for state_file in self._root.glob("*/state.json"):
             known |= await self._adopt(state_file)
-        for proc in triton_processes_under(self._root):
-            if proc.pid not in known:
-                log.warning("stopping orphan triton replica", pid=proc.pid)
-                await asyncio.to_thread(stop_procs, [proc])
+        orphans = [p for p in await asyncio.to_thread(triton_processes_under, self._root)
+                   if p.pid not in known and _group_of(p) not in known]
+        if orphans:  # nobody routes to them (a start-up cut short, a lost state file): no drain
+            log.warning("stopping orphan replica processes", pids=[p.pid for p in orphans])
+            await asyncio.to_thread(stop_procs, orphans, 0)
         self._loop_task = asyncio.create_task(self._reconcile_loop(), name="local-runtime-reconcile")
 
     async def apply(self, spec: ServingSpec) -> None:
@@ -178,6 +238,10 @@ class LocalRuntime:
             except (ValueError, OSError) as exc:
                 state.failure = str(exc)
                 raise RuntimeFailure(str(exc)) from exc
+            # The surge bound: while a revision rolls out, the endpoint runs its serving replicas plus
+            # the new revision's, never more (maxSurge 100%); replicas still draining from an earlier
+            # rollout or scale-down have no traffic left, and stop now.
+            await self._stop_draining(state)
             new = [self._spawn(spec.endpoint_id, spec.revision, repository) for _ in range(count)]
             try:
                 await self._wait_ready(new)
@@ -186,25 +250,33 @@ class LocalRuntime:
                 state.failure = str(exc) if isinstance(exc, RuntimeFailure) else state.failure
                 raise
             old = state.replicas
-            for replica in old:
-                replica.draining = True
             state.spec, state.triton_model, state.repository = spec, model_name, str(repository)
             state.desired, state.replicas, state.failure, state.ever_ready = count, new + old, "", True
+            self._retire_later(spec.endpoint_id, state, old)  # the switch is done: old replicas drain
             self._persist(spec.endpoint_id)
             self._changed(spec.endpoint_id)  # traffic moves to the new replicas
-            if old:
-                # The switch is done: old replicas drain and stop in the background.
-                task = asyncio.create_task(self._retire(spec.endpoint_id, state, old, keep=repository.name))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
 
-    async def _retire(self, endpoint_id: str, state: EndpointState, old: list[Replica], *, keep: str) -> None:
+    def _retire_later(self, endpoint_id: str, state: EndpointState, replicas: list[Replica]) -> None:
+        """Drain replicas (the router already stopped sending them work) and stop them, in the
+        background: the endpoint's lock is not held meanwhile."""
+        for replica in replicas:
+            replica.draining = True
+        task = asyncio.create_task(self._retire(endpoint_id, state, replicas))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _retire(self, endpoint_id: str, state: EndpointState, old: list[Replica]) -> None:
         await asyncio.sleep(self._settings.drain_s)
         await asyncio.gather(*(self._stop(r) for r in old))
         state.replicas = [r for r in state.replicas if r not in old]
         if self._states.get(endpoint_id) is state:
             self._persist(endpoint_id)
-            await asyncio.to_thread(self._prune_repositories, endpoint_id, keep=keep)
+            await asyncio.to_thread(self._prune_repositories, endpoint_id, state)
+
+    async def _stop_draining(self, state: EndpointState) -> None:
+        draining = [r for r in state.replicas if r.draining]
+        await asyncio.gather(*(self._stop(r) for r in draining))
+        state.replicas = [r for r in state.replicas if r not in draining]
 
     async def remove(self, endpoint_id: str) -> None:
         state = self._states.pop(endpoint_id, None)
@@ -242,7 +314,7 @@ class LocalRuntime:
 
     # replicas ------------------------------------------------------------------------------------------------
 
-    def _write_repository(self, repository: Path, model: ModelInfo, replicas: int) -> str:
+    def _write_repository(self, repository: Path, model: ModelSnapshot, replicas: int) -> str:
         if repository.exists():
             shutil.rmtree(repository)
         repository.mkdir(parents=True)
@@ -251,7 +323,7 @@ class LocalRuntime:
     def _spawn(self, endpoint_id: str, revision: int, repository: Path) -> Replica:
         assert self._home is not None
         replica_id = f"r{revision}-{uuid.uuid4().hex[:6]}"
-        ports = dict(grpc_port=_free_port(), http_port=_free_port(), metrics_port=_free_port())
+        ports = dict(zip(("grpc_port", "http_port", "metrics_port"), _free_ports(3), strict=True))
         argv, env = triton.triton_command(self._home, repository / "models", **ports)
         log_path = self._root / endpoint_id / f"{replica_id}.log"
         with open(log_path, "ab") as out:
@@ -268,8 +340,9 @@ class LocalRuntime:
         while pending:
             for replica in list(pending):
                 if not replica.alive():
-                    raise RuntimeFailure(f"replica exited during start-up: {_tail(replica.log_path)}")
+                    raise RuntimeFailure(f"replica exited during start-up: {_startup_failure(replica.log_path)}")
                 if await _http_ready(replica.http_port):
+                    replica.model_processes = await asyncio.to_thread(replica.running_model_processes)
                     replica.ready = True
                     pending.remove(replica)
             if pending and time.monotonic() > deadline:
@@ -278,22 +351,19 @@ class LocalRuntime:
             if pending:
                 await asyncio.sleep(0.25)
 
-    async def _stop(self, replica: Replica) -> None:
+    async def _stop(self, replica: Replica, *, grace_s: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM the replica's process group (tritonserver drains in-flight requests), then
+        SIGKILL whatever of the group is left after the grace period: stubs busy in a long
+        request ignore SIGTERM and would outlive their tritonserver."""
         replica.ready = False
-        try:
-            os.killpg(replica.pid, signal.SIGTERM) if replica.popen else replica.ps.terminate()  # type: ignore[union-attr]
-        except (ProcessLookupError, psutil.Error, AttributeError):
-            return
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while replica.alive() and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        if replica.alive():
-            try:
-                replica.ps.kill()  # type: ignore[union-attr]
-            except psutil.Error:
-                pass
-        if replica.popen is not None:
-            replica.popen.wait(5)
+        if _signal_group(replica.pid, signal.SIGTERM):
+            deadline = time.monotonic() + grace_s
+            while replica.alive() and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            _signal_group(replica.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while replica.alive() and time.monotonic() < deadline:  # reaps our child; init reaps an adopted one
+            await asyncio.sleep(0.05)
 
     # state ---------------------------------------------------------------------------------------------------
 
@@ -335,9 +405,14 @@ class LocalRuntime:
         self._states[endpoint_id] = state
         return adopted
 
-    def _prune_repositories(self, endpoint_id: str, *, keep: str) -> None:
+    def _prune_repositories(self, endpoint_id: str, state: EndpointState) -> None:
+        """Remove the repositories of revisions older than any replica still runs: a newer one
+        may be rolling out (its replicas are not in the state yet), and revisions only grow."""
+        assert state.spec is not None
+        oldest = min([r.revision for r in state.replicas] + [state.spec.revision])
         for path in (self._root / endpoint_id).glob("rev-*"):
-            if path.name != keep:
+            number = path.name.removeprefix("rev-")
+            if number.isdigit() and int(number) < oldest:
                 shutil.rmtree(path, ignore_errors=True)
 
     def _changed(self, endpoint_id: str) -> None:
@@ -368,12 +443,21 @@ class LocalRuntime:
                 continue  # being retired by _retire
             if not replica.alive():
                 log.warning("replica died; replacing it", endpoint=endpoint_id, replica=replica.id, pid=replica.pid)
+                await self._stop(replica)  # what is left of its process group (stubs)
                 state.replicas.remove(replica)
-                if replica.popen is not None:
-                    replica.popen.poll()
+                changed = True
+                continue
+            if await asyncio.to_thread(replica.model_died):
+                log.warning("replica's model process died; replacing the replica", endpoint=endpoint_id,
+                            replica=replica.id, pid=replica.pid)
+                state.replicas.remove(replica)
+                self._changed(endpoint_id)  # out of the route table first; nothing on it can succeed
+                await self._stop(replica, grace_s=0)
                 changed = True
                 continue
             ready = await _http_ready(replica.http_port)
+            if ready and not replica.model_processes:  # became ready here (a restart) or adopted
+                replica.model_processes = await asyncio.to_thread(replica.running_model_processes)
             replica.failed_checks = 0 if ready else replica.failed_checks + 1
             # A replica that was ready must fail three checks in a row to be taken out.
             now_ready = ready or (replica.ready and replica.failed_checks < 3)
@@ -388,13 +472,7 @@ class LocalRuntime:
             changed = True
         if len(running) > desired:
             # Scale down, not-ready replicas first; the router stops sending before Triton drains.
-            surplus = sorted(running, key=lambda r: r.ready)[: len(running) - desired]
-            for replica in surplus:
-                replica.draining = True
-            self._changed(endpoint_id)
-            await asyncio.sleep(self._settings.drain_s)
-            await asyncio.gather(*(self._stop(r) for r in surplus))
-            state.replicas = [r for r in state.replicas if r not in surplus]
+            self._retire_later(endpoint_id, state, sorted(running, key=lambda r: r.ready)[: len(running) - desired])
             changed = True
         if changed:
             self._persist(endpoint_id)
@@ -430,8 +508,24 @@ def _cpu_percent(replica: Replica) -> float:
         return 0.0
 
 
+def _startup_failure(log_path: str) -> str:
+    """Why a replica did not start: the model's own reason when Triton logged one (a failed
+    load or warm-up), else the end of its log."""
+    for line in reversed(_log_lines(log_path, max_bytes=65536)):
+        if (found := re.search(r"failed to load '[^']+' version \d+: (.+?)\"?$", line)) is not None:
+            return found.group(1).rstrip("; ")
+    return _tail(log_path)
+
+
 def _tail(path: str, lines: int = 5) -> str:
+    return " | ".join(_log_lines(path)[-lines:]) or "(no log)"
+
+
+def _log_lines(path: str, max_bytes: int = 8192) -> list[str]:
+    """The last lines of a replica log, reading only its end (logs grow without bound)."""
     try:
-        return " | ".join(Path(path).read_text(errors="replace").strip().splitlines()[-lines:])
+        with open(path, "rb") as log_file:
+            log_file.seek(max(0, log_file.seek(0, os.SEEK_END) - max_bytes))
+            return log_file.read().decode(errors="replace").strip().splitlines()
     except OSError:
-        return "(no log)"
+        return []

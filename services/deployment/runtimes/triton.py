@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import shutil
+import struct
 import sys
 import sysconfig
 import uuid
@@ -25,7 +26,7 @@ from pathlib import Path
 from string import Template
 from urllib.parse import unquote, urlparse
 
-from .base import ModelInfo
+from ..domain import ModelSnapshot
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[3] / "deploy" / "triton"
 
@@ -40,6 +41,10 @@ DEFAULT_EMBEDDING_DIM = 384
 # easily in a container's 64 MiB /dev/shm as well as in this machine's tmpfs.
 SHM_DEFAULT_BYTES = 4 * 1024 * 1024
 SHM_GROWTH_BYTES = 4 * 1024 * 1024
+# What every replica runs through its model while loading (model_warmup): several
+# prompt tokens, and more than one generated token.
+WARMUP_PROMPT = "Hello! In one short sentence, what does a language model do?"
+WARMUP_MAX_TOKENS = 4
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,19 @@ def _pbtxt_string(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
+def _warmup_string(text: str) -> bytes:
+    """A TYPE_STRING warm-up input file: each element is a little-endian uint32 length, then its bytes."""
+    data = text.encode()
+    return struct.pack("<I", len(data)) + data
+
+
+# The model_warmup samples of deploy/triton/*/config.pbtxt read these files from <model>/warmup/.
+WARMUP_INPUTS = {
+    "llamacpp": {"text_input": _warmup_string(WARMUP_PROMPT), "max_tokens": struct.pack("<i", WARMUP_MAX_TOKENS)},
+    "embedding": {"text": _warmup_string(WARMUP_PROMPT)},
+}
+
+
 def _render(kind: str, dest: Path, name: str, values: Mapping[str, object]) -> None:
     template_dir = TEMPLATES_DIR / kind
     model_dir = dest / name
@@ -195,9 +213,12 @@ def _render(kind: str, dest: Path, name: str, values: Mapping[str, object]) -> N
     rendered = config.substitute({"name": name, **{k: str(v) for k, v in values.items()}})
     (model_dir / "config.pbtxt").write_text(rendered)
     shutil.copy2(template_dir / "model.py", model_dir / "1" / "model.py")
+    (model_dir / "warmup").mkdir()
+    for input_name, data in WARMUP_INPUTS[kind].items():
+        (model_dir / "warmup" / input_name).write_bytes(data)
 
 
-def write_model_repository(dest: Path, model: ModelInfo, *, replicas: int = 1) -> str:
+def write_model_repository(dest: Path, model: ModelSnapshot, *, replicas: int = 1) -> str:
     """Write the Triton model for `model` into the repository `dest`; return its Triton name.
 
     Other models already in `dest` are kept, so one repository can hold both kinds.
