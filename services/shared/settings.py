@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = Field(default=True, description="JSON log lines (false: console format).")
     shutdown_grace_s: float = 5.0
+    supervisor_metrics_port: int = Field(
+        default=9190, description="`make up`: the supervisor's /metrics (restarts by process); 0 disables.")
 
     @field_validator("database_url")
     @classmethod

@@ -1,0 +1,141 @@
+"""A small init system for `make up`: start each process, restart the ones
+that exit with exponential backoff (logged and counted), stop all on request.
+
+Children run in their own process group, so Ctrl-C reaches only the
+supervisor, which then stops them in order; they also get SIGTERM from the
+kernel if the supervisor itself dies, so nothing is orphaned."""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter, Gauge
+
+RESTARTS = Counter("llmops_supervisor_restarts_total", "Processes restarted after they exited, by process.",
+                   ["process"])
+UP = Gauge("llmops_supervisor_process_up", "1 while the process runs, 0 while it waits for its restart.",
+           ["process"])
+
+PR_SET_PDEATHSIG = 1
+COLORS = ["\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m", "\033[31m"]
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Restart delays: initial, doubling up to maximum; back to initial once a run lasted `stable_s`."""
+
+    initial_s: float = 0.5
+    maximum_s: float = 30.0
+    stable_s: float = 30.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    popen: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    delay_s: float = 0.0
+    restart_at: float | None = None
+    pumps: list[threading.Thread] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(self, commands: dict[str, list[str]], *, env: dict[str, str], cwd: str,
+                 backoff: Backoff = Backoff(), grace_s: float = 10.0,
+                 say: Callable[[str], None] = lambda line: print(line, flush=True)) -> None:
+        self._children = {name: Child(name, argv) for name, argv in commands.items()}
+        self._env, self._cwd, self._backoff, self._grace = env, cwd, backoff, grace_s
+        self._say = say
+        self._stopping = threading.Event()
+
+    @property
+    def children(self) -> dict[str, Child]:
+        return self._children
+
+    def start(self) -> None:
+        for child in self._children.values():
+            self._spawn(child)
+
+    def _spawn(self, child: Child) -> None:
+        child.popen = subprocess.Popen(child.argv, cwd=self._cwd, env=self._env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, process_group=0, preexec_fn=_die_with_parent)
+        child.started_at, child.restart_at = time.monotonic(), None
+        UP.labels(child.name).set(1)
+        color = COLORS[list(self._children).index(child.name) % len(COLORS)]
+        pump = threading.Thread(target=_pump, args=(child.name, color, child.popen.stdout), daemon=True)
+        pump.start()
+        child.pumps = [pump]
+
+    def run(self, poll_s: float = 0.2) -> None:
+        """Supervise until stop() is called (from a signal handler or another thread)."""
+        while not self._stopping.wait(poll_s):
+            self.tick()
+
+    def tick(self) -> None:
+        if self._stopping.is_set():
+            return
+        now = time.monotonic()
+        for child in self._children.values():
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    child.restarts += 1
+                    RESTARTS.labels(child.name).inc()
+                    self._spawn(child)
+                continue
+            assert child.popen is not None
+            code = child.popen.poll()
+            if code is None:
+                continue
+            ran = now - child.started_at
+            b = self._backoff
+            child.delay_s = b.initial_s if ran >= b.stable_s or not child.delay_s else min(child.delay_s * 2,
+                                                                                           b.maximum_s)
+            child.restart_at = now + child.delay_s
+            UP.labels(child.name).set(0)
+            self._say(f"supervisor: {child.name} exited ({_describe(code)}) after {ran:.1f}s; "
+                      f"restarting in {child.delay_s:.1f}s (restart #{child.restarts + 1})")
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def shutdown(self) -> None:
+        """SIGTERM every child, SIGKILL what is left after the grace period."""
+        self._stopping.set()
+        running = [c.popen for c in self._children.values() if c.popen is not None and c.popen.poll() is None]
+        for popen in running:
+            popen.terminate()
+        deadline = time.monotonic() + self._grace
+        for popen in running:
+            try:
+                popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait()
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _pump(name: str, color: str, stream) -> None:  # noqa: ANN001
+    for line in iter(stream.readline, b""):
+        sys.stdout.write(f"{color}{name:>10}\033[0m | {line.decode(errors='replace')}")
+        sys.stdout.flush()
