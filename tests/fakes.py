@@ -14,6 +14,7 @@ class FakeRuntime:
         self.specs: dict[str, ServingSpec] = {}
         self.applied: list[tuple[str, int]] = []
         self.fail_next: str | None = None
+        self.status_errors: list[Exception] = []  # raised by the next status() calls, one each
         self.apply_delay_s = 0.0
         self.on_change: Callable[[str], None] | None = None
 
@@ -32,6 +33,8 @@ class FakeRuntime:
         self.specs.pop(endpoint_id, None)
 
     async def status(self, endpoint_id: str) -> RuntimeStatus:
+        if self.status_errors:
+            raise self.status_errors.pop(0)
         spec = self.specs.get(endpoint_id)
         if spec is None:
             return RuntimeStatus(health=Health.DEPLOYING, reason="", desired_replicas=0, ready_replicas=0)

@@ -1,4 +1,8 @@
-"""In-process fan-out of endpoint changes to WatchEndpoints subscribers."""
+"""In-process fan-out of endpoint changes to WatchEndpoints subscribers.
+
+Each subscriber keeps at most one pending event per endpoint (the latest): a
+subscriber that reads slowly, or not at all, costs memory bounded by the
+number of endpoints, not by the number of changes."""
 
 from __future__ import annotations
 
@@ -14,19 +18,40 @@ class EndpointEvent:
     endpoint_id: str
 
 
+class Subscription:
+    def __init__(self) -> None:
+        self._pending: dict[str, EndpointEvent] = {}  # by endpoint id, oldest first
+        self._ready = asyncio.Event()
+
+    def put(self, event: EndpointEvent) -> None:
+        # A newer event for the same endpoint replaces the older one (the watch re-reads its state).
+        self._pending.pop(event.endpoint_id, None)
+        self._pending[event.endpoint_id] = event
+        self._ready.set()
+
+    async def get(self) -> EndpointEvent:
+        while not self._pending:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._pending.pop(next(iter(self._pending)))
+
+    def qsize(self) -> int:
+        return len(self._pending)
+
+
 class EndpointEvents:
     def __init__(self) -> None:
-        self._subscribers: set[asyncio.Queue[EndpointEvent]] = set()
+        self._subscribers: set[Subscription] = set()
 
     def publish(self, event: EndpointEvent) -> None:
-        for queue in self._subscribers:
-            queue.put_nowait(event)
+        for subscription in self._subscribers:
+            subscription.put(event)
 
     @asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[asyncio.Queue[EndpointEvent]]:
-        queue: asyncio.Queue[EndpointEvent] = asyncio.Queue()
-        self._subscribers.add(queue)
+    async def subscribe(self) -> AsyncIterator[Subscription]:
+        subscription = Subscription()
+        self._subscribers.add(subscription)
         try:
-            yield queue
+            yield subscription
         finally:
-            self._subscribers.discard(queue)
+            self._subscribers.discard(subscription)

