@@ -6,6 +6,7 @@ keeps serving what it last knew and catches up on reconnect."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,11 @@ from shared.identity import Identity
 
 log = structlog.get_logger()
 ROUTER_IDENTITY = Identity("svc-router", frozenset({"admin"}))
+WATCH_BACKOFF_MAX_S = 1.0
+# A fresh connection per attempt: channels to one address share a process-wide subchannel whose
+# reconnect backoff (up to 2 minutes) would keep failing new channels fast after the service is back.
+WATCH_CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1), ("grpc.initial_reconnect_backoff_ms", 200),
+                         ("grpc.max_reconnect_backoff_ms", 1000)]
 
 
 @dataclass(frozen=True)
@@ -48,9 +54,14 @@ def route_from_proto(routed: deployment_pb2.RoutedEndpoint) -> Route:
 class RouteTable:
     routes: dict[str, Route] = field(default_factory=dict)  # by endpoint name
     synced: asyncio.Event = field(default_factory=asyncio.Event)
+    # Called after every applied event, e.g. to let go of clients of replicas that left.
+    listeners: list[Callable[[RouteTable], None]] = field(default_factory=list)
 
     def get(self, name: str) -> Route | None:
         return self.routes.get(name)
+
+    def replica_addresses(self) -> set[str]:
+        return {address for route in self.routes.values() for address in route.replicas}
 
     def apply(self, event: deployment_pb2.WatchEndpointsResponse) -> None:
         if event.kind == "snapshot":
@@ -64,13 +75,15 @@ class RouteTable:
             route = route_from_proto(routed)
             self.routes[route.name] = route
         self.synced.set()
+        for listener in self.listeners:
+            listener(self)
 
 
 async def follow(table: RouteTable, *, address: str, environment: str) -> None:
     """Keep table in step with the deployment service, forever, reconnecting with backoff."""
     backoff = 0.2
     while True:
-        channel = grpc.aio.insecure_channel(address)
+        channel = grpc.aio.insecure_channel(address, options=WATCH_CHANNEL_OPTIONS)
         try:
             stub = deployment_pb2_grpc.DeploymentServiceStub(channel)
             stream = stub.WatchEndpoints(deployment_pb2.WatchEndpointsRequest(environment=environment),
@@ -78,11 +91,13 @@ async def follow(table: RouteTable, *, address: str, environment: str) -> None:
             async for event in stream:
                 table.apply(event)
                 backoff = 0.2
-        except asyncio.CancelledError:
-            await channel.close()
-            raise
         except grpc.aio.AioRpcError as exc:
             log.warning("route watch interrupted; serving from cache", code=exc.code().name, retry_in_s=backoff)
-        await channel.close()
+        except Exception:  # noqa: BLE001 - a watcher that dies leaves the table stale forever
+            log.exception("route watch failed; serving from cache", retry_in_s=backoff)
+        finally:
+            await channel.close()  # CancelledError (a BaseException) still propagates after this
         await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, 5.0)
+        # At most 1 s: a restarted deployment service switches and drains replicas within seconds,
+        # and a table that missed the switch would send work to replicas that are stopping.
+        backoff = min(backoff * 2, WATCH_BACKOFF_MAX_S)

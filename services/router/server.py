@@ -37,6 +37,7 @@ class Router:
 
 async def start(settings: Settings, *, port: int | None = None) -> Router:
     table, pool = RouteTable(), ReplicaPool()
+    pool.follow_table(table)
     limiter = RateLimiter(settings.rate_limit_per_minute, settings.redis_url)
     outcomes = OutcomeSink(settings.redis_url)
     outcomes.start()

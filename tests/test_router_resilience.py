@@ -1,0 +1,484 @@
+"""The inference router's resilience, in process: the route watch outlives any
+error, the deadline bounds the waits on a replica and never the caller's code,
+in-process maps let go of what is gone, and a replica whose model process died
+is retried elsewhere (before the first token only) and kept out of rotation.
+The fake Triton replicas and the fake deployment service speak the real gRPC
+protocols, so tritonclient's own success and error paths run."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+from tritonclient.grpc import aio as triton_aio
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from llmops.v1 import deployment_pb2, deployment_pb2_grpc, inference_pb2, inference_pb2_grpc
+from router.backends import ReplicaPool
+from router.limits import RateLimiter
+from router.outcomes import Outcome
+from router.prompting import Message
+from router.routes import RouteTable, follow
+from router.server import start as start_router
+from router.service import InferenceService
+from shared.errors import DeadlineExceeded, InvalidArgument, RateLimited, Unavailable
+from shared.identity import Identity
+from shared.settings import Settings
+
+from .helpers import LoopThread, free_port, identity
+
+ALICE = Identity("alice", frozenset({"researcher"}))
+DIM = 4
+
+
+# a Triton replica -------------------------------------------------------------------------------------------
+
+def _add_output(response: service_pb2.ModelInferResponse, name: str, values: list, datatype: str) -> None:
+    if datatype == "BYTES":
+        encoded = [v.encode() for v in values]
+        raw = b"".join(struct.pack("<I", len(v)) + v for v in encoded)
+        shape = [len(values)]
+    else:
+        array = np.array(values, dtype={"INT32": np.int32, "FP32": np.float32}[datatype])
+        raw, shape = array.tobytes(), list(array.shape)
+    response.outputs.add(name=name, datatype=datatype, shape=shape)
+    response.raw_output_contents.append(raw)
+
+
+def _token(request: service_pb2.ModelInferRequest, text: str, *, final: bool = False,
+           counts: bool = True) -> service_pb2.ModelStreamInferResponse:
+    response = service_pb2.ModelInferResponse(model_name=request.model_name, id=request.id)
+    _add_output(response, "text_output", [text], "BYTES")
+    if final and counts:
+        _add_output(response, "prompt_tokens", [3], "INT32")
+        _add_output(response, "completion_tokens", [3], "INT32")
+        _add_output(response, "finish_reason", ["stop"], "BYTES")
+    response.parameters["triton_final_response"].bool_param = final
+    return service_pb2.ModelStreamInferResponse(infer_response=response)
+
+
+def model_died(model: str) -> str:
+    """What Triton's python backend answers once the model's stub process died."""
+    return f"Stub process '{model}_0_0' is not healthy."
+
+
+class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """One replica: `behaviour` says whether it answers or how it fails."""
+
+    def __init__(self, behaviour: str = "answers") -> None:
+        self.behaviour = behaviour
+        self.requests = 0
+        self.release = asyncio.Event()  # lets a stalled generation finish
+
+    async def ModelStreamInfer(self, request_iterator, context):  # noqa: N802
+        async for request in request_iterator:
+            self.requests += 1
+            behaviour = self.behaviour
+            if behaviour == "model_died":
+                yield service_pb2.ModelStreamInferResponse(error_message=model_died(request.model_name))
+            elif behaviour == "rejects":  # INVALID_ARG from the model: a stream carries only the message
+                yield service_pb2.ModelStreamInferResponse(error_message="input max_tokens is required")
+            elif behaviour == "breaks_contract":  # a final response without the token counts
+                yield _token(request, "Hello", final=True, counts=False)
+            else:
+                yield _token(request, "Hello")
+                if behaviour == "dies_after_first_token":
+                    yield service_pb2.ModelStreamInferResponse(error_message=model_died(request.model_name))
+                    continue
+                if behaviour == "stalls_after_first_token":
+                    await self.release.wait()
+                yield _token(request, " world", final=True)
+
+    async def ModelInfer(self, request, context):  # noqa: N802
+        self.requests += 1
+        if self.behaviour == "model_died":
+            await context.abort(grpc.StatusCode.INTERNAL, model_died(request.model_name))
+        if self.behaviour == "rejects":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "input text holds no strings")
+        response = service_pb2.ModelInferResponse(model_name=request.model_name, id=request.id)
+        _add_output(response, "embedding", [[0.5] * DIM] * request.inputs[0].shape[0], "FP32")
+        return response
+
+
+class FakeDeployment(deployment_pb2_grpc.DeploymentServiceServicer):
+    """WatchEndpoints as the deployment service streams it: a snapshot, then each change."""
+
+    def __init__(self, endpoints: list[deployment_pb2.RoutedEndpoint]) -> None:
+        self.endpoints = endpoints
+        self.watches = 0
+        self.changes: asyncio.Queue[deployment_pb2.WatchEndpointsResponse] = asyncio.Queue()
+
+    async def WatchEndpoints(self, request, context):  # noqa: N802
+        self.watches += 1
+        yield deployment_pb2.WatchEndpointsResponse(kind="snapshot", endpoints=self.endpoints)
+        while True:
+            yield await self.changes.get()
+
+
+def routed(name: str, replicas: list[str], model_type: str = "chat") -> deployment_pb2.RoutedEndpoint:
+    return deployment_pb2.RoutedEndpoint(
+        endpoint=deployment_pb2.Endpoint(id=f"id-{name}", name=name, environment="dev", status="healthy"),
+        triton_model="llm" if model_type == "chat" else "e5",
+        model=deployment_pb2.RevisionModel(name=f"{name}-model", version="v1", type=model_type),
+        replicas=[deployment_pb2.Replica(id=f"replica-{i}", grpc_address=address, ready=True)
+                  for i, address in enumerate(replicas)])
+
+
+def snapshot(*endpoints: deployment_pb2.RoutedEndpoint) -> deployment_pb2.WatchEndpointsResponse:
+    return deployment_pb2.WatchEndpointsResponse(kind="snapshot", endpoints=list(endpoints))
+
+
+Serve = Callable[[Callable[[Any, grpc.aio.Server], None], Any], Awaitable[str]]
+
+
+@pytest.fixture
+def serve(loop_thread: LoopThread) -> Iterator[Serve]:
+    """Start a gRPC server for a servicer on a free port (in the loop thread); stopped after the test."""
+    servers: list[grpc.aio.Server] = []
+
+    async def start(add: Callable[[Any, grpc.aio.Server], None], servicer: Any) -> str:
+        server = grpc.aio.server()
+        add(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        servers.append(server)
+        return f"127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
+        loop_thread.run(server.stop(0))
+
+
+async def triton(serve: Serve, behaviour: str = "answers") -> tuple[FakeTriton, str]:
+    fake = FakeTriton(behaviour)
+    return fake, await serve(service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, fake)
+
+
+# the router's use cases on a real pool --------------------------------------------------------------------
+
+class RecordedOutcomes:
+    def __init__(self) -> None:
+        self.recorded: list[Outcome] = []
+
+    def record(self, outcome: Outcome) -> None:
+        self.recorded.append(outcome)
+
+
+def inference(pool: ReplicaPool, *endpoints: deployment_pb2.RoutedEndpoint,
+              timeout_s: float = 30.0) -> tuple[InferenceService, RouteTable, RecordedOutcomes]:
+    table = RouteTable()
+    pool.follow_table(table)
+    table.apply(snapshot(*endpoints))
+    outcomes = RecordedOutcomes()
+    service = InferenceService(table=table, pool=pool, limiter=RateLimiter(0), outcomes=outcomes,
+                               timeout_s=timeout_s, max_output_tokens=64)
+    return service, table, outcomes
+
+
+def chat(service: InferenceService, name: str = "chat-model"):  # noqa: ANN201
+    return service.chat_stream(actor=ALICE, name=name, messages=[Message("user", "Hi")], max_tokens=None,
+                               temperature=None, top_p=None, stop=[])
+
+
+def requests_counted(endpoint: str, kind: str, code: str) -> float:
+    return REGISTRY.get_sample_value("llmops_inference_requests_total",
+                                     {"endpoint": endpoint, "kind": kind, "code": code}) or 0.0
+
+
+# 1. the route watch ---------------------------------------------------------------------------------------
+
+class RouteTableWithABug(RouteTable):
+    """Fails to apply the first event it gets, as a bug in apply or a listener would."""
+
+    def apply(self, event: deployment_pb2.WatchEndpointsResponse) -> None:
+        if not getattr(self, "failed_once", False):
+            self.failed_once = True
+            raise RuntimeError("a bug while applying an event")
+        super().apply(event)
+
+
+def test_route_watch_reconnects_after_any_error_and_still_stops_when_cancelled(loop_thread, serve):
+    async def scenario() -> None:
+        deployment = FakeDeployment([routed("chat-model", ["127.0.0.1:1"])])
+        address = await serve(deployment_pb2_grpc.add_DeploymentServiceServicer_to_server, deployment)
+        table = RouteTableWithABug()
+        watcher = asyncio.create_task(follow(table, address=address, environment="dev"))
+        synced = asyncio.create_task(table.synced.wait())
+        await asyncio.wait({watcher, synced}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        assert not watcher.done(), f"the watcher died: {watcher.exception()!r}"
+        assert synced.done() and table.get("chat-model").replicas == ("127.0.0.1:1",)
+        assert deployment.watches == 2  # it reconnected after the failed event
+        watcher.cancel()
+        await asyncio.wait({watcher}, timeout=10)
+        assert watcher.cancelled()
+
+    loop_thread.run(scenario())
+
+
+# 2. the deadline ------------------------------------------------------------------------------------------
+
+def test_deadline_bounds_the_waits_on_the_replica_never_the_callers_code(loop_thread, serve):
+    timeout_s = 1.0
+
+    async def scenario() -> None:
+        replica, address = await triton(serve, "stalls_after_first_token")
+        pool = ReplicaPool()
+        service, _, outcomes = inference(pool, routed("chat-model", [address]), timeout_s=timeout_s)
+        before = requests_counted("chat-model", "chat", "DEADLINE_EXCEEDED")
+        chunks = chat(service)
+
+        async def caller() -> tuple[str, Exception]:
+            first = await anext(chunks)
+            await asyncio.sleep(timeout_s * 2)  # the caller's own work (a slow client), past the deadline
+            try:
+                await anext(chunks)
+            except DeadlineExceeded as exc:
+                return first.text, exc
+            raise AssertionError("the stalled replica's next token came")
+
+        task = asyncio.create_task(caller())
+        await asyncio.wait({task}, timeout=30)
+        assert not task.cancelled(), "the deadline cancelled the caller's code"
+        first, exc = task.result()
+        assert first == "Hello"
+        assert (exc.code, exc.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT")
+        assert outcomes.recorded[-1].error == "DEADLINE_EXCEEDED"
+        assert requests_counted("chat-model", "chat", "DEADLINE_EXCEEDED") == before + 1
+        assert pool.outstanding(address) == 0  # the stalled stream was cancelled, its lease returned
+        await pool.close()
+
+    loop_thread.run(scenario())
+
+
+def test_unexpected_error_is_counted_internal_and_propagates(loop_thread, serve):
+    async def scenario() -> None:
+        _, address = await triton(serve, "breaks_contract")
+        pool = ReplicaPool()
+        service, _, outcomes = inference(pool, routed("contract-model", [address]))
+        before = requests_counted("contract-model", "chat", "INTERNAL")
+        with pytest.raises(TypeError):  # the missing counts: a bug, not a domain error
+            await service.collect(chat(service, "contract-model"), "contract-model")
+        assert outcomes.recorded[-1].error == "INTERNAL"
+        assert requests_counted("contract-model", "chat", "INTERNAL") == before + 1
+        await pool.close()
+
+    loop_thread.run(scenario())
+
+
+# 3. maps that only grew -----------------------------------------------------------------------------------
+
+def test_rate_limiter_keeps_only_the_current_minutes_windows(loop_thread):
+    now = [60.0 * 1000]
+    limiter = RateLimiter(2, clock=lambda: now[0])
+
+    async def scenario() -> None:
+        for n in range(500):
+            await limiter.check(f"user-{n}")
+        await limiter.check("alice")
+        await limiter.check("alice")
+        with pytest.raises(RateLimited):
+            await limiter.check("alice")
+        assert limiter.tracked_users() == 501
+        now[0] += 60  # the next minute
+        await limiter.check("alice")
+        assert limiter.tracked_users() == 1
+        await limiter.check("alice")
+        with pytest.raises(RateLimited):
+            await limiter.check("alice")
+
+    loop_thread.run(scenario())
+
+
+def test_clients_of_replicas_that_left_the_route_table_close_once_idle(loop_thread, serve):
+    closed: list[str] = []
+
+    class RecordingClient(triton_aio.InferenceServerClient):
+        def __init__(self, address: str) -> None:
+            super().__init__(address)
+            self.address = address
+
+        async def close(self) -> None:
+            closed.append(self.address)
+            await super().close()
+
+    async def eventually(condition: Callable[[], bool]) -> bool:
+        for _ in range(1000):
+            if condition():
+                return True
+            await asyncio.sleep(0.01)
+        return condition()
+
+    async def scenario() -> None:
+        busy_replica, busy = await triton(serve, "stalls_after_first_token")
+        _, idle = await triton(serve)
+        _, staying = await triton(serve)
+        pool = ReplicaPool(client_factory=RecordingClient)
+        service, table, _ = inference(pool, routed("chat-model", [busy, idle, staying]))
+        in_flight = chat(service)
+        assert (await anext(in_flight)).text == "Hello"  # on busy (first of the least loaded)
+        assert pool.outstanding(busy) == 1
+        answered = await service.collect(chat(service), "chat-model")  # on idle: busy has one in flight
+        assert answered.text == "Hello world" and pool.outstanding(idle) == 0
+
+        table.apply(snapshot(routed("chat-model", [staying])))  # the deployment service replaced two replicas
+        assert await eventually(lambda: idle in closed)
+        assert busy not in closed  # a request is still streaming from it
+
+        busy_replica.release.set()
+        assert [chunk.text async for chunk in in_flight] == [" world"]
+        assert await eventually(lambda: busy in closed)
+        assert staying not in closed
+        assert (pool._clients.keys(), pool._outstanding) == (set(), {})  # nothing left of the two
+        await pool.close()
+
+    loop_thread.run(scenario())
+
+
+# 4. a replica whose model died ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("failure", ["model_died", "refused"])
+def test_chat_is_retried_on_another_replica_when_one_failed_before_the_first_token(loop_thread, serve, failure):
+    async def scenario() -> None:
+        if failure == "refused":
+            failing, broken = None, f"127.0.0.1:{free_port()}"  # nothing listens there
+        else:
+            failing, broken = await triton(serve, failure)
+        healthy, address = await triton(serve)
+        pool = ReplicaPool()
+        service, _, outcomes = inference(pool, routed("chat-model", [broken, address]))
+
+        answer = await service.collect(chat(service), "chat-model")
+        assert answer.text == "Hello world" and outcomes.recorded[-1].error == ""
+        assert healthy.requests == 1 and pool.cooling(broken)
+
+        await service.collect(chat(service), "chat-model")  # the next request does not try the failed one
+        assert healthy.requests == 2
+        if failing is not None:
+            assert failing.requests == 1
+        await pool.close()
+
+    loop_thread.run(scenario())
+
+
+@pytest.mark.parametrize("failure", ["model_died", "refused"])
+def test_embeddings_are_retried_on_another_replica_when_one_failed(loop_thread, serve, failure):
+    async def scenario() -> None:
+        if failure == "refused":
+            failing, broken = None, f"127.0.0.1:{free_port()}"
+        else:
+            failing, broken = await triton(serve, failure)
+        healthy, address = await triton(serve)
+        pool = ReplicaPool()
+        service, _, _ = inference(pool, routed("embedding-model", [broken, address], "embedding"))
+
+        result = await service.embed(actor=ALICE, name="embedding-model", texts=["a", "b"])
+        assert result.vectors.shape == (2, DIM) and healthy.requests == 1 and pool.cooling(broken)
+        await service.embed(actor=ALICE, name="embedding-model", texts=["c"])
+        assert healthy.requests == 2
+        if failing is not None:
+            assert failing.requests == 1
+        await pool.close()
+
+    loop_thread.run(scenario())
+
+
+def test_no_retry_once_the_first_token_was_sent(loop_thread, serve):
+    async def scenario() -> None:
+        dying, broken = await triton(serve, "dies_after_first_token")
+        healthy, address = await triton(serve)
+        pool = ReplicaPool()
+        service, _, outcomes = inference(pool, routed("chat-model", [broken, address]))
+        received = []
+        with pytest.raises(Unavailable) as failed:
+            async for chunk in chat(service):
+                received.append(chunk.text)
+        assert received == ["Hello"]
+        assert "mid-request" in failed.value.message and "is not healthy" in failed.value.message
+        assert (dying.requests, healthy.requests) == (1, 0)
+        assert pool.cooling(broken) and outcomes.recorded[-1].error == "UNAVAILABLE"
+        await pool.close()
+
+    loop_thread.run(scenario())
+
+
+def test_a_request_the_model_rejects_is_not_retried(loop_thread, serve):
+    async def scenario() -> None:
+        rejecting, first = await triton(serve, "rejects")
+        other, second = await triton(serve)
+        pool = ReplicaPool()
+        service, _, _ = inference(pool, routed("chat-model", [first, second]),
+                                  routed("embedding-model", [first, second], "embedding"))
+        with pytest.raises(InvalidArgument):
+            await service.embed(actor=ALICE, name="embedding-model", texts=["a"])
+        with pytest.raises(InvalidArgument):
+            await service.collect(chat(service), "chat-model")
+        assert (rejecting.requests, other.requests) == (2, 0)
+        assert not pool.cooling(first)
+        await pool.close()
+
+    loop_thread.run(scenario())
+
+
+def test_a_replica_stays_out_of_rotation_only_for_its_cooldown(loop_thread, serve):
+    now = [0.0]
+
+    async def scenario() -> None:
+        failing, broken = await triton(serve, "model_died")
+        healthy, address = await triton(serve)
+        pool = ReplicaPool(cooldown_s=5.0, clock=lambda: now[0])
+        service, _, _ = inference(pool, routed("chat-model", [broken, address]))
+        await service.collect(chat(service), "chat-model")
+        assert pool.cooling(broken) and failing.requests == 1
+        failing.behaviour = "answers"  # Triton restarted the model meanwhile
+        now[0] += 5.0
+        assert not pool.cooling(broken)
+        await service.collect(chat(service), "chat-model")  # least outstanding again: the first listed
+        assert (failing.requests, healthy.requests) == (2, 1)
+        await pool.close()
+
+    loop_thread.run(scenario())
+
+
+def test_router_answers_through_another_replica_while_a_dead_one_is_replaced(loop_thread, serve):
+    """The whole router as it runs: fed by the watch, over gRPC, through the servicer and the interceptor."""
+    async def scenario() -> None:
+        failing, broken = await triton(serve, "model_died")
+        healthy, address = await triton(serve)
+        deployment = FakeDeployment([routed("chat-model", [broken, address])])
+        deployment_address = await serve(deployment_pb2_grpc.add_DeploymentServiceServicer_to_server, deployment)
+        settings = Settings(host="127.0.0.1", deployment_port=int(deployment_address.rsplit(":", 1)[1]),
+                            environment="dev", rate_limit_per_minute=0, redis_url=None, _env_file=None)
+        router = await start_router(settings, port=0)
+        try:
+            await asyncio.wait_for(router.table.synced.wait(), 30)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{router.running.port}") as channel:
+                stub = inference_pb2_grpc.InferenceServiceStub(channel)
+                request = inference_pb2.ChatRequest(
+                    name="chat-model", messages=[inference_pb2.ChatMessage(role="user", content="Hi")])
+                response = await stub.Chat(request, metadata=identity("alice", "researcher"))
+                assert response.choices[0].message.content == "Hello world"
+                assert (failing.requests, healthy.requests) == (1, 1) and router.pool.cooling(broken)
+
+                # The deployment service takes the dead replica out: its cooldown and client go with it.
+                await deployment.changes.put(deployment_pb2.WatchEndpointsResponse(
+                    kind="upsert", endpoints=[routed("chat-model", [address])]))
+                for _ in range(1000):
+                    if router.table.get("chat-model").replicas == (address,):
+                        break
+                    await asyncio.sleep(0.01)
+                assert not router.pool.cooling(broken)
+                stream = stub.ChatStream(inference_pb2.ChatStreamRequest(request=request),
+                                         metadata=identity("alice", "researcher"))
+                assert "".join([m.choices[0].delta.content async for m in stream]) == "Hello world"
+                assert healthy.requests == 2
+        finally:
+            await router.running.stop(0)
+            await router.close()
+
+    loop_thread.run(scenario())
