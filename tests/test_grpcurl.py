@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import unique
+from .helpers import unique
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 

