@@ -181,9 +181,9 @@ def inference(pool: ReplicaPool, *endpoints: deployment_pb2.RoutedEndpoint,
     return service, table, outcomes
 
 
-def chat(service: InferenceService, name: str = "chat-model"):  # noqa: ANN201
+def chat(service: InferenceService, name: str = "chat-model", *, buffered: bool = False):  # noqa: ANN201
     return service.chat_stream(actor=ALICE, name=name, messages=[Message("user", "Hi")], max_tokens=None,
-                               temperature=None, top_p=None, stop=[])
+                               temperature=None, top_p=None, stop=[], buffered=buffered)
 
 
 def requests_counted(endpoint: str, kind: str, code: str) -> float:
@@ -402,6 +402,21 @@ def test_no_retry_once_the_first_token_was_sent(loop_thread, serve):
         assert "mid-request" in failed.value.message and "is not healthy" in failed.value.message
         assert (dying.requests, healthy.requests) == (1, 0)
         assert pool.cooling(broken) and outcomes.recorded[-1].error == "UNAVAILABLE"
+        await pool.close()
+
+    loop_thread.run(scenario())
+
+
+def test_a_unary_answer_is_retried_even_after_tokens_since_the_client_saw_none(loop_thread, serve):
+    async def scenario() -> None:
+        dying, broken = await triton(serve, "dies_after_first_token")
+        healthy, address = await triton(serve)
+        pool = ReplicaPool()
+        service, _, outcomes = inference(pool, routed("chat-model", [broken, address]))
+        generation = await service.collect(chat(service, buffered=True), "chat-model")
+        assert generation.text and generation.finish_reason  # the healthy replica's whole answer
+        assert (dying.requests, healthy.requests) == (1, 1)
+        assert pool.cooling(broken) and outcomes.recorded[-1].error == ""
         await pool.close()
 
     loop_thread.run(scenario())

@@ -85,21 +85,24 @@ class InferenceService:
     # generation ----------------------------------------------------------------------------------------------
 
     async def chat_stream(self, *, actor: Identity, name: str, messages: list[Message], max_tokens: int | None,
-                          temperature: float | None, top_p: float | None, stop: list[str]) -> AsyncIterator[Chunk]:
+                          temperature: float | None, top_p: float | None, stop: list[str],
+                          buffered: bool = False) -> AsyncIterator[Chunk]:
+        """The answer's chunks as they come; buffered (a unary call): all at once at the end, so a
+        replica that fails mid-generation is retried on another, the client having seen nothing."""
         route = await self._route(name, kinds=("chat", "completion"))
         prompt = render_chat(route.metadata, check_messages(messages))
         sampling = self._sampling(route, max_tokens, temperature, top_p, stop)
-        async for chunk in self._generate(actor, route, prompt, sampling, kind="chat"):
+        async for chunk in self._generate(actor, route, prompt, sampling, kind="chat", buffered=buffered):
             yield chunk
 
     async def complete_stream(self, *, actor: Identity, name: str, prompt: str, max_tokens: int | None,
-                              temperature: float | None, top_p: float | None,
-                              stop: list[str]) -> AsyncIterator[Chunk]:
+                              temperature: float | None, top_p: float | None, stop: list[str],
+                              buffered: bool = False) -> AsyncIterator[Chunk]:
         route = await self._route(name, kinds=("chat", "completion"))
         if not prompt.strip():
             raise InvalidArgument("prompt must not be empty", reason="EMPTY_INPUT")
         sampling = self._sampling(route, max_tokens, temperature, top_p, stop)
-        async for chunk in self._generate(actor, route, prompt, sampling, kind="completion"):
+        async for chunk in self._generate(actor, route, prompt, sampling, kind="completion", buffered=buffered):
             yield chunk
 
     async def collect(self, chunks: AsyncIterator[Chunk], name: str) -> Generation:
@@ -119,25 +122,31 @@ class InferenceService:
         return Sampling(max_tokens, temperature, top_p, stop_words + model_stop_words(route.metadata))
 
     async def _generate(self, actor: Identity, route: Route, prompt: str, sampling: Sampling, *,
-                        kind: str) -> AsyncIterator[Chunk]:
+                        kind: str, buffered: bool) -> AsyncIterator[Chunk]:
         await self._limiter.check(actor.user_id)
         request_id = current_request_id() or str(uuid.uuid4())
         async with self._accounted(actor, route, kind) as call:
             deadline, sent, failure = self._deadline(), False, None
             for address in self._replicas(route):
                 chunks = self._pool.generate(address, route.triton_model, prompt, sampling, request_id)
+                held: list[Chunk] = []
                 try:
                     while (chunk := await self._upstream(anext(chunks, None), deadline)) is not None:
                         if call.first_token_at is None and (chunk.text or chunk.final):
                             call.first_token_at = time.perf_counter()
                         call.prompt_tokens, call.completion_tokens = chunk.prompt_tokens, chunk.completion_tokens
+                        if buffered:
+                            held.append(chunk)
+                            continue
                         sent = True
                         yield chunk  # outside any timeout: the deadline never cancels the caller's code
+                    for chunk in held:
+                        yield chunk
                     return
                 except ReplicaFailure as exc:
                     if sent:  # the client has tokens of this answer: another replica cannot continue it
                         raise Unavailable(f"the replica failed mid-request: {exc}", reason="REPLICA_FAILED") from exc
-                    failure = exc
+                    failure, call.first_token_at = exc, None
                     log.warning("replica failed before the first token; trying another", replica=address,
                                 error=str(exc))
                 finally:

@@ -42,21 +42,21 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(self, service: InferenceService) -> None:
         self._service = service
 
-    def _chat_chunks(self, request: pb.ChatRequest):  # noqa: ANN202
+    def _chat_chunks(self, request: pb.ChatRequest, *, buffered: bool = False):  # noqa: ANN202
         return self._service.chat_stream(
             actor=current_identity(), name=_name(request),
             messages=[Message(m.role, m.content) for m in request.messages],
             max_tokens=_optional(request, "max_tokens"), temperature=_optional(request, "temperature"),
-            top_p=_optional(request, "top_p"), stop=list(request.stop))
+            top_p=_optional(request, "top_p"), stop=list(request.stop), buffered=buffered)
 
-    def _completion_chunks(self, request: pb.CompleteRequest):  # noqa: ANN202
+    def _completion_chunks(self, request: pb.CompleteRequest, *, buffered: bool = False):  # noqa: ANN202
         return self._service.complete_stream(
             actor=current_identity(), name=_name(request), prompt=request.prompt,
             max_tokens=_optional(request, "max_tokens"), temperature=_optional(request, "temperature"),
-            top_p=_optional(request, "top_p"), stop=list(request.stop))
+            top_p=_optional(request, "top_p"), stop=list(request.stop), buffered=buffered)
 
     async def Chat(self, request: pb.ChatRequest, context) -> pb.ChatResponse:  # noqa: N802
-        gen: Generation = await self._service.collect(self._chat_chunks(request), _name(request))
+        gen: Generation = await self._service.collect(self._chat_chunks(request, buffered=True), _name(request))
         return pb.ChatResponse(
             id=gen.id, object="chat.completion", created=gen.created, model=gen.model,
             choices=[pb.ChatChoice(index=0, message=pb.ChatMessage(role="assistant", content=gen.text),
@@ -77,7 +77,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 usage=_usage(chunk.prompt_tokens, chunk.completion_tokens) if chunk.final else None)
 
     async def Complete(self, request: pb.CompleteRequest, context) -> pb.CompleteResponse:  # noqa: N802
-        gen = await self._service.collect(self._completion_chunks(request), _name(request))
+        gen = await self._service.collect(self._completion_chunks(request, buffered=True), _name(request))
         return pb.CompleteResponse(
             id=gen.id.replace("chatcmpl-", "cmpl-"), object="text_completion", created=gen.created, model=gen.model,
             choices=[pb.CompletionChoice(index=0, text=gen.text, finish_reason=gen.finish_reason)],
