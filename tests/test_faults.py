@@ -217,6 +217,15 @@ def chat_request(platform: Platform) -> Callable[[], requests.Response]:
     return lambda: requests.post(url, json=body, headers=USER, timeout=REQUEST_TIMEOUT_S)
 
 
+def kill_and_wait_restart(platform: Platform, name: str) -> float:
+    """kill -9 the process, wait until the supervisor has started it again; when it was killed."""
+    victim = platform.process(name)
+    killed_at = time.monotonic()
+    victim.send_signal(signal.SIGKILL)
+    platform.wait_restarted(name, victim.pid)
+    return killed_at
+
+
 def report(what: str, traffic: Traffic, killed_at: float) -> None:
     back = traffic.served_again_at(killed_at) - killed_at
     print(f"\nFAULT {what}: requests {len(traffic.calls)}, failed {len(traffic.failures())}, "
@@ -227,10 +236,7 @@ def report(what: str, traffic: Traffic, killed_at: float) -> None:
 def test_control_plane_death_fails_no_inference_request(platform, embedding, name):
     with Traffic(embed_request(platform)) as traffic:
         traffic.wait_for(20)
-        victim = platform.process(name)
-        killed_at = time.monotonic()
-        victim.send_signal(signal.SIGKILL)
-        platform.wait_restarted(name, victim.pid)
+        killed_at = kill_and_wait_restart(platform, name)
         # The restarted service serves again (the control plane answers), and traffic went on meanwhile.
         platform.wait_endpoint(embedding["id"], lambda e: e["status"] == "healthy")
         traffic.wait_for(20, after=time.monotonic())
@@ -243,10 +249,7 @@ def test_control_plane_death_fails_no_inference_request(platform, embedding, nam
 def test_data_plane_death_fails_requests_only_while_it_restarts(platform, embedding, name):
     with Traffic(embed_request(platform)) as traffic:
         traffic.wait_for(20)
-        victim = platform.process(name)
-        killed_at = time.monotonic()
-        victim.send_signal(signal.SIGKILL)
-        platform.wait_restarted(name, victim.pid)
+        killed_at = kill_and_wait_restart(platform, name)
         traffic.wait_for(1, after=time.monotonic())
         back = traffic.served_again_at(killed_at)
         traffic.wait_for(20, after=back)
@@ -305,9 +308,7 @@ def test_deployment_restart_mid_rollout_converges_without_orphans(platform, embe
         while not any(f"rev-{revision + 1}" in " ".join(p.cmdline()) for p in own(platform, embedding)):
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        victim = platform.process("deployment")
-        victim.send_signal(signal.SIGKILL)
-        platform.wait_restarted("deployment", victim.pid)
+        kill_and_wait_restart(platform, "deployment")
         done = platform.wait_endpoint(embedding["id"], lambda e: e["status"] == "healthy"
                                       and e["revision"] == revision + 1)
         # Old replicas drain and stop; what is left is the new revision, and nothing else.

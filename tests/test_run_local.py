@@ -16,7 +16,8 @@ from .helpers import REPO_ROOT, free_port
 
 
 def test_launcher_serves_and_stops_without_orphans(tmp_path):
-    ports = {name: free_port() for name in ("GATEWAY", "GATEWAY_ADMIN", "REGISTRY", "DEPLOYMENT", "ROUTER", "REFLECTION")}
+    ports = {name: free_port() for name in ("GATEWAY", "GATEWAY_ADMIN", "REGISTRY", "DEPLOYMENT", "ROUTER", "REFLECTION",
+                                            "SUPERVISOR_METRICS")}
     env = {**os.environ, "LLMOPS_DATABASE_URL": f"sqlite:///{tmp_path / 'up.db'}",
            "LLMOPS_SERVING_DIR": str(tmp_path / "serving"),
            **{f"LLMOPS_{name}_PORT": str(port) for name, port in ports.items()}}
@@ -38,6 +39,10 @@ def test_launcher_serves_and_stops_without_orphans(tmp_path):
         # The bundled models are in the catalog, registered and approved through the API.
         assert {(m["name"], m["status"]) for m in models} == {
             ("smollm2-135m-instruct", "approved"), ("multilingual-e5-small", "approved")}
+        # The supervisor's own metrics: every process up, none restarted.
+        metrics = requests.get(f"http://127.0.0.1:{ports['SUPERVISOR_METRICS']}/metrics", timeout=5).text
+        for name in ("registry", "deployment", "router", "reflection", "envoy"):
+            assert f'llmops_supervisor_process_up{{process="{name}"}} 1.0' in metrics, metrics
     finally:
         launcher.send_signal(signal.SIGINT)
         launcher.wait(30)

@@ -54,7 +54,10 @@ def main() -> int:
                          "--log-level", "warn", "--disable-hot-restart"]
     supervisor = Supervisor(commands, env=env, cwd=str(ROOT), grace_s=settings.shutdown_grace_s + 5)
     if settings.supervisor_metrics_port:
-        start_http_server(settings.supervisor_metrics_port, addr="127.0.0.1")
+        try:
+            start_http_server(settings.supervisor_metrics_port, addr="127.0.0.1")
+        except OSError as exc:  # metrics are worth a warning, not a platform that does not start
+            print(f"supervisor: no /metrics on port {settings.supervisor_metrics_port}: {exc}", flush=True)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: supervisor.stop())
     supervisor.start()
