@@ -72,11 +72,6 @@ class EndpointController:
     def wake(self) -> None:
         self._wake.set()
 
-    async def retire(self) -> None:
-        """Stop converging (an apply in flight is cancelled) and remove every replica."""
-        await self.stop()
-        await self._runtime.remove(str(self._id))
-
     async def stop(self) -> None:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
@@ -138,13 +133,11 @@ class Controllers:
         self._controllers[endpoint_id].wake()
 
     async def retire(self, endpoint_id: uuid.UUID) -> None:
+        """Stop converging (an apply in flight is cancelled) and remove every replica."""
         controller = self._controllers.pop(endpoint_id, None)
         if controller is not None:
             await controller.stop()
         await self._runtime.remove(str(endpoint_id))
-
-    def __len__(self) -> int:
-        return len(self._controllers)
 
     async def close(self) -> None:
         for controller in list(self._controllers.values()):
@@ -194,7 +187,3 @@ class HealthMonitor:
             self._last_replicas[endpoint.id] = status.replicas
             if changed or (previous is not None and previous != status.replicas):
                 self._store.publish(endpoint.id)
-
-    def __len__(self) -> int:
-        return len(self._last_replicas)
-
