@@ -314,3 +314,31 @@ def _generate_quietly(address: str) -> None:
         generate(address, prompt="Tell me a very long story. " * 20, max_tokens=1900)
     except Exception:  # noqa: BLE001 - the replica goes away under it, which is the point
         pass
+
+
+def test_replica_logs_are_read_from_their_end_only(tmp_path, monkeypatch):
+    from deployment.runtimes import local
+    log = tmp_path / "replica.log"
+    with open(log, "w") as out:
+        out.write("E1125 model_lifecycle.cc:642] \"failed to load 'llm' version 1: Invalid argument: failed to run "
+                  "warmup sample 'multi_token_generation': the prompt is 14 tokens; the context holds 8; \"\n")
+        out.writelines(f"I1125 line {i}\n" for i in range(200_000))  # several MB
+    read: list[int] = []
+    real_open = open
+
+    def recording_open(path, mode="r", *args, **kwargs):  # noqa: ANN001, ANN202
+        handle = real_open(path, mode, *args, **kwargs)
+        real_read = handle.read
+        handle.read = lambda *a: read.append(len(data := real_read(*a))) or data  # type: ignore[method-assign]
+        return handle
+
+    monkeypatch.setattr("builtins.open", recording_open)
+    assert local._tail(str(log), 2) == "I1125 line 199998 | I1125 line 199999"
+    assert max(read) <= 8192
+    # The model's own reason is found when it is near the end; otherwise the end of the log.
+    assert local._startup_failure(str(log)).startswith("I1125 line")
+    with real_open(log, "a") as out:
+        out.write("E1125 model_lifecycle.cc:642] \"failed to load 'llm' version 1: the prompt is 14 tokens; "
+                  "the context holds 8; \"\nerror: creating server: Internal - failed to load all models\n")
+    assert local._startup_failure(str(log)) == "the prompt is 14 tokens; the context holds 8"
+    assert max(read) <= 65536

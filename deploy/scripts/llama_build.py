@@ -20,6 +20,7 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -32,8 +33,15 @@ CMAKE_ARGS = ("-DGGML_NATIVE=OFF -DGGML_CPU_ALL_VARIANTS=OFF -DGGML_SSE42=ON -DG
               "-DGGML_BMI2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF "
               "-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF")
 BASELINE = "x86-64-v3"
-KEY = hashlib.sha256(f"{VERSION} {CMAKE_ARGS}".encode()).hexdigest()[:12]
-WHEEL_DIR = ROOT / ".cache" / "wheels" / f"llama-cpp-python-{VERSION}-{BASELINE}-{KEY}"
+
+
+def wheel_dir(cmake_args: str = CMAKE_ARGS) -> Path:
+    """Where the wheel built with these flags lives: other flags, another directory, never this wheel."""
+    key = hashlib.sha256(f"{VERSION} {cmake_args}".encode()).hexdigest()[:12]
+    return ROOT / ".cache" / "wheels" / f"llama-cpp-python-{VERSION}-{BASELINE}-{key}"
+
+
+WHEEL_DIR = wheel_dir()
 STAMP_NAME = ".llmops-build"  # written next to the installed package: which flags built it
 FIX = f"run `rm -rf {WHEEL_DIR.relative_to(ROOT)} && make install` to rebuild it portably"
 
@@ -89,15 +97,17 @@ def install() -> None:
 
 
 def check() -> str | None:
-    """None when llama.cpp generates here; otherwise why not."""
+    """None when llama.cpp generates here (CHECK, in a subprocess); otherwise why not."""
     flags = installed_flags()
     if flags is None:
         return "llama-cpp-python is not installed"
     if flags != CMAKE_ARGS:
         return "the installed llama-cpp-python was not built with the portable flags (pip's own build is native)"
     proc = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=300)
+    if proc.returncode < 0:  # SIGILL, SIGSEGV: an instruction this CPU faults on
+        return f"llama.cpp cannot generate on this CPU (killed by {signal.Signals(-proc.returncode).name})"
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or [f"killed by signal {-proc.returncode}"])[-1]
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return f"llama.cpp cannot generate on this CPU (exit {proc.returncode}: {last})"
     return None
 
