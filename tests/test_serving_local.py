@@ -165,12 +165,15 @@ def test_update_then_rollback_serves_the_previous_model_and_no_request_fails(sta
     assert traffic.failures == []
 
 
-def test_a_killed_replica_is_restarted(stack):
+@pytest.mark.parametrize("victim", ["tritonserver", "model process"])
+def test_a_killed_replica_is_restarted(stack, victim):
     model = chat_model(stack)
     ep = assert_envelope(deploy(stack.gateway, deploy_body(model["id"])), 200, "success")["data"]
     stack.wait(ep["id"], "healthy")
     [replica] = stack.replicas(ep["id"])
-    [proc] = stack.servers(ep["id"])
+    [server] = stack.servers(ep["id"])
+    # A dead model process leaves tritonserver up and "ready", answering every request with an error.
+    [proc] = [server] if victim == "tritonserver" else server.children()
     proc.kill()
     degraded = stack.wait(ep["id"], "degraded", timeout=30)
     assert degraded["readyReplicas"] == 0
