@@ -32,6 +32,19 @@ POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 # ------------------------------------------------------------------ servers, ports and identities
 
 
+
+def command_line(proc: psutil.Process) -> str:
+    """The process's command line; "" once it is gone (a process may exit while we look)."""
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def program(proc: psutil.Process) -> str:
+    """The name of the program a process runs ("tritonserver"); "" once it is gone."""
+    return Path(command_line(proc).split(" ", 1)[0]).name
+
 class LoopThread:
     """An asyncio loop in a background thread: grpc.aio servers run there,
     while the tests talk to them with plain blocking clients."""
@@ -243,11 +256,11 @@ class LocalStack:
         (Python-backend stubs), so that no-orphan checks count the stubs too."""
         from deployment.runtimes.local import triton_processes_under
         return [p for p in triton_processes_under(self.settings.serving_dir.resolve())
-                if endpoint_id in " ".join(p.cmdline())]
+                if endpoint_id in command_line(p)]
 
     def servers(self, endpoint_id: str = "") -> list[psutil.Process]:
         """The tritonserver of each replica (of one endpoint)."""
-        return [p for p in self.replica_processes(endpoint_id) if Path(p.cmdline()[0]).name == "tritonserver"]
+        return [p for p in self.replica_processes(endpoint_id) if program(p) == "tritonserver"]
 
 
 class InferenceStack(LocalStack):

@@ -28,7 +28,7 @@ import psutil
 import pytest
 import requests
 
-from .helpers import REPO_ROOT, free_port
+from .helpers import REPO_ROOT, command_line, free_port, program
 
 ADMIN = {"X-User-Id": "admin", "X-User-Roles": "admin"}
 USER = {"X-User-Id": "fault-user", "X-User-Roles": "researcher"}
@@ -48,11 +48,7 @@ class Platform:
     def process(self, name: str) -> psutil.Process:
         """The launcher's live child running `name` (a service module or envoy)."""
         for child in psutil.Process(self.launcher.pid).children():
-            try:
-                cmdline = child.cmdline()
-            except psutil.Error:
-                continue
-            if (name == "envoy" and Path(cmdline[0]).name == "envoy") or cmdline[1:3] == ["-m", name]:
+            if (name == "envoy" and program(child) == "envoy") or f" -m {name}" in command_line(child):
                 return child
         raise LookupError(f"{name} is not running")
 
@@ -262,18 +258,18 @@ def test_data_plane_death_fails_requests_only_while_it_restarts(platform, embedd
 
 
 def own(platform: Platform, endpoint: dict) -> list[psutil.Process]:
-    return [p for p in platform.replica_processes() if endpoint["id"] in " ".join(p.cmdline())]
+    return [p for p in platform.replica_processes() if endpoint["id"] in command_line(p)]
 
 
 def _replica_pid(platform: Platform, endpoint: dict) -> int:
-    servers = [p for p in own(platform, endpoint) if Path(p.cmdline()[0]).name == "tritonserver"]
+    servers = [p for p in own(platform, endpoint) if program(p) == "tritonserver"]
     assert len(servers) == 2, servers
     return servers[0].pid
 
 
 def _model_process(platform: Platform, server_pid: int) -> psutil.Process:
     [stub] = [c for c in psutil.Process(server_pid).children()
-              if Path(c.cmdline()[0]).name == "triton_python_backend_stub"]
+              if program(c) == "triton_python_backend_stub"]
     return stub
 
 
@@ -305,7 +301,7 @@ def test_deployment_restart_mid_rollout_converges_without_orphans(platform, embe
         assert r.status_code == 200 and r.json()["data"]["revision"] == revision + 1, r.text
         # The new revision's replicas are starting: kill -9 the deployment service now.
         deadline = time.monotonic() + WAIT_S
-        while not any(f"rev-{revision + 1}" in " ".join(p.cmdline()) for p in own(platform, embedding)):
+        while not any(f"rev-{revision + 1}" in command_line(p) for p in own(platform, embedding)):
             assert time.monotonic() < deadline
             time.sleep(0.02)
         kill_and_wait_restart(platform, "deployment")
@@ -313,13 +309,13 @@ def test_deployment_restart_mid_rollout_converges_without_orphans(platform, embe
                                       and e["revision"] == revision + 1)
         # Old replicas drain and stop; what is left is the new revision, and nothing else.
         deadline = time.monotonic() + WAIT_S
-        while any(f"rev-{revision + 1}" not in " ".join(p.cmdline()) for p in own(platform, embedding)):
-            assert time.monotonic() < deadline, [p.cmdline()[:2] for p in own(platform, embedding)]
+        while any(f"rev-{revision + 1}" not in command_line(p) for p in own(platform, embedding)):
+            assert time.monotonic() < deadline, [command_line(p)[:200] for p in own(platform, embedding)]
             time.sleep(0.2)
         traffic.wait_for(10, after=time.monotonic())
     assert done["readyReplicas"] == 2
     procs = own(platform, embedding)
-    servers = [p for p in procs if Path(p.cmdline()[0]).name == "tritonserver"]
+    servers = [p for p in procs if program(p) == "tritonserver"]
     stubs = [p for p in procs if p not in servers]
     assert len(servers) == 2 and len(stubs) == 2
     assert {s.ppid() for s in stubs} == {p.pid for p in servers}  # no stub outlived its server

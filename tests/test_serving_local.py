@@ -21,8 +21,8 @@ from llmops.v1 import deployment_pb2, deployment_pb2_grpc
 from shared.settings import Settings
 
 from .helpers import (
-    ADMIN, CHATML, LocalStack, LoopThread, approved_model, assert_envelope, deploy, deploy_body, free_port, identity,
-    split_address, start_envoy, unique,
+    ADMIN, CHATML, LocalStack, LoopThread, approved_model, assert_envelope, command_line, deploy, deploy_body,
+    free_port, identity, split_address, start_envoy, unique,
 )
 from .triton_helpers import generation_inputs, stream_call
 
@@ -277,7 +277,7 @@ def test_quick_successive_updates_never_run_more_than_the_surge_bound(stack):
             assert_envelope(requests.patch(url, json={"autoscalePolicy": {"cpuUtilization": target}}, headers=ADMIN),
                             200, "success")
             deadline = time.monotonic() + 120
-            while not any(f"rev-{target // 10 - 4}" in " ".join(p.cmdline()) for p in stack.servers(ep["id"])):
+            while not any(f"rev-{target // 10 - 4}" in command_line(p) for p in stack.servers(ep["id"])):
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
         done = stack.wait(ep["id"], "healthy")
@@ -291,7 +291,7 @@ def test_quick_successive_updates_never_run_more_than_the_surge_bound(stack):
         sampler.join(5)
     assert most[0] == 2
     [server] = stack.servers(ep["id"])
-    assert "rev-5" in " ".join(server.cmdline())
+    assert "rev-5" in command_line(server)
 
 
 def test_deleting_an_endpoint_mid_generation_leaves_no_process(stack):
