@@ -114,7 +114,7 @@ def start_envoy(settings: Settings, clusters: dict[str, tuple[str, int]], out_di
     config = render_envoy_config(settings, clusters=clusters, out_dir=out_dir, listen_port=port, admin_port=admin_port)
     log = open(out_dir / "envoy.log", "wb")  # noqa: SIM115
     envoy = Path(sys.executable).parent / "envoy"
-    process = subprocess.Popen([str(envoy), "-c", str(config), "--log-level", "warn", "--base-id", str(port)],
+    process = subprocess.Popen([str(envoy), "-c", str(config), "--log-level", "warn", "--disable-hot-restart"],
                                stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
