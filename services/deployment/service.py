@@ -34,6 +34,7 @@ from .events import EndpointEvent, EndpointEvents
 from .locks import KeyedLocks
 from .runtimes.base import RuntimeStatus, ServingRuntime
 
+
 class ModelCatalog(Protocol):
     async def get_model(self, model_id: str, *, actor: Identity) -> tuple[ModelSnapshot, str]: ...
 
