@@ -81,9 +81,21 @@ def _announce(settings, services: dict[str, int]) -> None:  # noqa: ANN001
     except (OSError, RuntimeError) as exc:
         models = f"  (could not seed the bundled models: {exc})"
     print(f"\nLLM Ops platform is up: REST and gRPC on http://localhost:{settings.gateway_port}\n"
+          f"{_exposure(settings)}\n"
           f"Bundled models, approved and ready to deploy:\n{models}\n"
           f"Try: curl {api}/catalog/models -H 'X-User-Id: admin' -H 'X-User-Roles: admin'\n"
           "Ctrl-C stops everything.\n", flush=True)
+
+
+def _exposure(settings) -> str:  # noqa: ANN001
+    """Who can reach the gateway, said at start: in trusted-headers mode a header is an identity."""
+    where = f"listening on {settings.gateway_listen_address}:{settings.gateway_port}"
+    if settings.gateway_identity_mode == "jwt":
+        return f"{where}; identity from verified JWTs"
+    if settings.gateway_listen_address in ("127.0.0.1", "localhost", "::1"):
+        return f"{where}; identity from X-User-Id/X-User-Roles headers, so this machine only"
+    return (f"WARNING: {where} in trusted-headers mode: anyone who can reach it may send "
+            "X-User-Roles: admin (LLMOPS_GATEWAY_LISTEN_ADDRESS opts in; use jwt mode on a network)")
 
 
 if __name__ == "__main__":

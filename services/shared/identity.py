@@ -10,7 +10,7 @@ from google.protobuf import descriptor_pool
 from llmops.v1 import access_pb2
 from llmops.v1 import deployment_pb2, experiment_pb2, inference_pb2, registry_pb2  # noqa: F401  (fill the descriptor pool)
 
-from .errors import PermissionDenied, Unauthenticated
+from .errors import InvalidArgument, PermissionDenied, Unauthenticated
 
 ROLES = frozenset({"admin", "operator", "reviewer", "researcher", "viewer"})
 USER_ID_KEY = "x-user-id"
@@ -45,9 +45,18 @@ def current_request_id() -> str:
     return _request_id.get()
 
 
+MAX_USER_ID_LENGTH = 256  # what the tables' created_by/actor columns hold
+# Only ASCII blanks are trimmed: "admin" followed by a no-break space is not "admin".
+_ASCII_BLANKS = " \t"
+
+
 def identity_from_metadata(metadata: dict[str, str]) -> Identity:
-    user_id = metadata.get(USER_ID_KEY, "").strip()
-    roles = {r.strip().lower() for r in metadata.get(ROLES_KEY, "").split(",")}
+    user_id = metadata.get(USER_ID_KEY, "").strip(_ASCII_BLANKS)
+    if len(user_id) > MAX_USER_ID_LENGTH:
+        raise InvalidArgument(f"X-User-Id is longer than {MAX_USER_ID_LENGTH} characters", reason="USER_ID_TOO_LONG")
+    if not user_id.isprintable():
+        raise InvalidArgument("X-User-Id holds control characters", reason="INVALID_USER_ID")
+    roles = {r.strip(_ASCII_BLANKS).lower() for r in metadata.get(ROLES_KEY, "").split(",")}
     return Identity(user_id=user_id, roles=frozenset(roles & ROLES))
 
 

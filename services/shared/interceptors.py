@@ -84,13 +84,18 @@ class _Call:
         self.started = time.perf_counter()
         metadata = {m.key: m.value for m in self.context.invocation_metadata() or ()
                     if isinstance(m.value, str)}
-        self.identity = ident.identity_from_metadata(metadata)
+        try:
+            self.identity, self.identity_error = ident.identity_from_metadata(metadata), None
+        except DomainError as exc:  # answered by authorize(), inside the call, as any other error
+            self.identity, self.identity_error = ident.ANONYMOUS, exc
         self.request_id = metadata.get(ident.REQUEST_ID_KEY) or str(uuid.uuid4())
         ident.bind(self.identity, self.request_id)
         structlog.contextvars.bind_contextvars(request_id=self.request_id, user=self.identity.user_id)
         return self
 
     def authorize(self) -> None:
+        if self.identity_error is not None:
+            raise self.identity_error
         self.rule = self.owner._table.check(self.method, self.identity)
 
     async def send_envelope_message(self) -> None:

@@ -47,7 +47,10 @@ async def start_server(
     """Serve servicers at address; reflection describes them (or `reflected`, when given)."""
     server = grpc.aio.server(
         interceptors=[CallInterceptor(service, AccessTable([s.name for s in servicers]))],
-        options=[("grpc.so_reuseport", 0)],
+        # Metadata limits well above the gateway's 8 KiB of request headers, so an oversized header
+        # is Envoy's 431 and never gRPC's RESOURCE_EXHAUSTED (which the envelope shows as a 429).
+        options=[("grpc.so_reuseport", 0), ("grpc.max_metadata_size", 32 * 1024),
+                 ("grpc.absolute_max_metadata_size", 64 * 1024)],
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

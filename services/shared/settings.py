@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +33,9 @@ class Settings(BaseSettings):
 
     gateway_port: int = Field(default=8080, description="Envoy: REST and gRPC on one port.")
     gateway_admin_port: int = 9901
+    gateway_listen_address: str = Field(
+        default="", description="Envoy's listening address. Empty: 127.0.0.1 in trusted-headers mode (a client "
+                                "header is an identity, so only this machine may send one), 0.0.0.0 in jwt mode.")
     gateway_identity_mode: Literal["trusted-headers", "jwt"] = "trusted-headers"
     gateway_max_body_bytes: int = Field(default=1_048_576, description="Request body limit (413 above).")
     gateway_upstream_timeout_s: float = 120.0
@@ -74,6 +77,12 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = 5.0
     supervisor_metrics_port: int = Field(
         default=9190, description="`make up`: the supervisor's /metrics (restarts by process); 0 disables.")
+
+    @model_validator(mode="after")
+    def _gateway_listen_address(self) -> Settings:
+        if not self.gateway_listen_address:
+            self.gateway_listen_address = "127.0.0.1" if self.gateway_identity_mode == "trusted-headers" else "0.0.0.0"
+        return self
 
     @field_validator("database_url")
     @classmethod
