@@ -137,3 +137,23 @@ def test_a_client_chosen_request_id_is_replaced_by_the_gateways(gateway, registr
         ids = conn.execute(text("SELECT request_id FROM registry_audit_records WHERE resource_id = :id"),
                            {"id": model["id"]}).scalars().all()
     assert ids == [r.headers["x-request-id"]]
+
+
+# 11. Backpressure: a full replica answers 503 with Retry-After at once ------------------------------------------
+
+def test_parallel_chats_beyond_the_replica_queue_are_told_to_retry(infer):
+    import concurrent.futures
+
+    body = {"messages": [{"role": "user", "content": "Tell me about lighthouses."}], "max_tokens": 16}
+    url = f"{infer.gateway.api}/serve/chat-model/chat"
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(lambda _: requests.post(url, json=body, headers=ADMIN, timeout=300), range(20)))
+    busy = [r for r in answers if r.status_code == 503]
+    served = [r for r in answers if r.status_code == 200]
+    assert len(served) + len(busy) == 20, [r.text for r in answers if r.status_code not in (200, 503)]
+    assert busy, "20 parallel chats on one replica, 8 in flight at most: some must be told to come back"
+    for r in busy:
+        error = assert_envelope(r, 503, "error")
+        assert "busy" in error["message"] and r.headers["retry-after"] == "1"
+    # Not a stall: the endpoint answers the next request.
+    assert_envelope(requests.post(url, json={**body, "max_tokens": 4}, headers=ADMIN, timeout=120), 200, "success")

@@ -170,14 +170,14 @@ class RecordedOutcomes:
         self.recorded.append(outcome)
 
 
-def inference(pool: ReplicaPool, *endpoints: deployment_pb2.RoutedEndpoint,
-              timeout_s: float = 30.0) -> tuple[InferenceService, RouteTable, RecordedOutcomes]:
+def inference(pool: ReplicaPool, *endpoints: deployment_pb2.RoutedEndpoint, timeout_s: float = 30.0,
+              queue_limit: int = 8) -> tuple[InferenceService, RouteTable, RecordedOutcomes]:
     table = RouteTable()
     pool.follow_table(table)
     table.apply(snapshot(*endpoints))
     outcomes = RecordedOutcomes()
     service = InferenceService(table=table, pool=pool, limiter=RateLimiter(0), outcomes=outcomes,
-                               timeout_s=timeout_s, max_output_tokens=64)
+                               timeout_s=timeout_s, max_output_tokens=64, queue_limit=queue_limit)
     return service, table, outcomes
 
 
@@ -495,5 +495,25 @@ def test_router_answers_through_another_replica_while_a_dead_one_is_replaced(loo
         finally:
             await router.running.stop(0)
             await router.close()
+
+    loop_thread.run(scenario())
+
+
+def test_a_full_replica_queue_answers_busy_at_once_instead_of_waiting(loop_thread, serve):
+    async def scenario() -> None:
+        replica, address = await triton(serve, "stalls_after_first_token")
+        pool = ReplicaPool()
+        service, _, outcomes = inference(pool, routed("chat-model", [address]), queue_limit=2)
+        streams = [chat(service) for _ in range(2)]
+        assert [(await anext(s)).text for s in streams] == ["Hello", "Hello"]  # both in flight on the replica
+        with pytest.raises(Unavailable) as busy:
+            await anext(chat(service))
+        assert busy.value.reason == "ENDPOINT_BUSY" and busy.value.retry_after_s == 1
+        assert replica.requests == 2  # the third never reached the replica
+        replica.release.set()
+        for stream in streams:
+            assert [c.text async for c in stream] == [" world"]
+        assert [c.text async for c in chat(service)] == ["Hello", " world"]  # room again
+        await pool.close()
 
     loop_thread.run(scenario())

@@ -85,8 +85,10 @@ class ReplicaPool:
         self._live: set[str] | None = None  # the route table's replica addresses, once known
         self._closing: set[asyncio.Task] = set()
 
-    def pick(self, addresses: Sequence[str], exclude: set[str]) -> str | None:
-        candidates = [a for a in addresses if a not in exclude]
+    def pick(self, addresses: Sequence[str], exclude: set[str], capacity: int | None = None) -> str | None:
+        """The replica for the next attempt; None when every one was tried or has `capacity` in flight."""
+        candidates = [a for a in addresses if a not in exclude
+                      and (capacity is None or self._outstanding.get(a, 0) < capacity)]
         if not candidates:
             return None
         now = self._clock()

@@ -45,7 +45,8 @@ async def start(settings: Settings, *, port: int | None = None) -> Router:
                                          environment=settings.environment), name="route-watch")
     service = InferenceService(table=table, pool=pool, limiter=limiter, outcomes=outcomes,
                                timeout_s=settings.router_request_timeout_s,
-                               max_output_tokens=settings.max_output_tokens)
+                               max_output_tokens=settings.max_output_tokens,
+                               queue_limit=settings.router_queue_per_replica)
     running = await start_server(
         service="router",
         servicers=[Servicer(inference_pb2_grpc.add_InferenceServiceServicer_to_server,

@@ -74,13 +74,14 @@ class HealthReport:
 
 class InferenceService:
     def __init__(self, *, table: RouteTable, pool: ReplicaPool, limiter: RateLimiter, outcomes: OutcomeSink,
-                 timeout_s: float, max_output_tokens: int) -> None:
+                 timeout_s: float, max_output_tokens: int, queue_limit: int = 8) -> None:
         self._table = table
         self._pool = pool
         self._limiter = limiter
         self._outcomes = outcomes
         self._timeout = timeout_s
         self._max_output = max_output_tokens
+        self._queue_limit = queue_limit  # requests in flight per replica; more wait in no queue
 
     # generation ----------------------------------------------------------------------------------------------
 
@@ -185,7 +186,14 @@ class InferenceService:
         each once. The newest replica set is read on each step, so a retry sees replicas that
         changed during the request."""
         tried: set[str] = set()
-        while (address := self._pool.pick((self._table.get(route.name) or route).replicas, tried)) is not None:
+        while True:
+            replicas = (self._table.get(route.name) or route).replicas
+            address = self._pool.pick(replicas, tried, capacity=self._queue_limit)
+            if address is None:
+                if any(a not in tried for a in replicas):  # all the others are full: no waiting in line
+                    raise Unavailable(f"endpoint {route.name} is busy: {self._queue_limit} requests in flight on "
+                                      f"each ready replica; retry shortly", reason="ENDPOINT_BUSY", retry_after_s=1)
+                return
             tried.add(address)
             yield address
 

@@ -107,7 +107,9 @@ class _Call:
         try:
             if isinstance(exc, DomainError):
                 code = exc.code
-                await self.context.abort(code, exc.message, _status_details(code, exc.message, exc.reason))
+                retry_after = () if exc.retry_after_s is None else (("retry-after", str(exc.retry_after_s)),)
+                await self.context.abort(code, exc.message,
+                                         _status_details(code, exc.message, exc.reason) + retry_after)
             elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
                 code = grpc.StatusCode.CANCELLED  # the client went away
             elif exc is not None and not isinstance(exc, grpc.aio.AbortError):

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     router_request_timeout_s: float = Field(default=120.0, description="Per-request limit (504 beyond it).")
     rate_limit_per_minute: int = Field(default=600, description="Inference requests per user per minute; 0: off.")
     max_output_tokens: int = Field(default=2048, description="Upper bound of max_tokens (400 above).")
+    router_queue_per_replica: int = Field(
+        default=8, ge=1, description="Requests in flight per replica (one generates, the rest queue in Triton); "
+                                     "beyond it a request is answered 503 with Retry-After at once.")
 
     environment: Literal["dev", "stg", "prod"] = Field(default="dev", description="Environment this gateway serves.")
     log_level: str = "INFO"
