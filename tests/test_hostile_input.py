@@ -183,3 +183,14 @@ def test_metadata_nested_within_the_limit_is_kept(gateway):
     model = register(gateway, metadata=nested)
     stored = requests.get(f"{gateway.api}/catalog/models/{model['id']}", headers=ADMIN).json()["data"]
     assert stored["metadata"] == nested
+
+
+def test_a_prompt_longer_than_the_context_is_the_clients_fault(infer):
+    r = requests.post(f"{infer.gateway.api}/serve/chat-model/chat", headers=ADMIN, timeout=120,
+                      json={"messages": [{"role": "user", "content": "lighthouse " * 3000}], "max_tokens": 4})
+    error = assert_envelope(r, 400, "error")
+    assert "the context holds 2048" in error["message"]
+    # The replica was not at fault: it is still in rotation and answers.
+    r = requests.post(f"{infer.gateway.api}/serve/chat-model/chat", headers=ADMIN, timeout=120,
+                      json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+    assert_envelope(r, 200, "success")

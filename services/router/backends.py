@@ -167,7 +167,9 @@ class ReplicaPool:
             yield {"model_name": model, "inputs": inputs, "request_id": request_id}
 
         async with self._lease(address) as client:
-            responses = client.stream_infer(requests())
+            # Errors as gRPC statuses: a stream's error message alone cannot tell the request's fault
+            # (INVALID_ARG, e.g. a prompt longer than the context: 400) from the replica's (503, retried).
+            responses = client.stream_infer(requests(), headers={"triton_grpc_error": "true"})
             received = False
             try:
                 async for result, error in responses:
@@ -189,9 +191,13 @@ class ReplicaPool:
                                     finish_reason=result.as_numpy("finish_reason")[0].decode())
                         return
                     yield Chunk(chunk_text)
-            except grpc.aio.AioRpcError as exc:  # the transport: stream_infer does not wrap these
-                if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                    raise self._failed(address, exc.details() or "unavailable") from exc
+            except grpc.aio.AioRpcError as exc:  # the transport, and with triton_grpc_error the model's errors
+                details = exc.details() or exc.code().name.lower()
+                if exc.code() == grpc.StatusCode.UNAVAILABLE or _REPLICA_CANNOT_SERVE.search(details):
+                    raise self._failed(address, details) from exc
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise InvalidArgument(f"the model rejected the request: {details}",
+                                          reason="MODEL_REJECTED_INPUT") from exc
                 raise Unavailable(f"the replica failed{' mid-request' if received else ''}: {exc.details()}",
                                   reason="REPLICA_FAILED") from exc
             finally:
