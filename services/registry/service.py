@@ -15,7 +15,7 @@ from shared.timeutil import utcnow
 from . import repository as repo
 from .domain import (
     Model, ModelFilter, ModelSpec, ModelStatus, PromptTemplate, TemplateFilter, TemplateSpec,
-    check_initial_status, check_template, check_transition,
+    check_initial_status, check_model_metadata, check_template, check_transition,
 )
 
 
@@ -25,11 +25,12 @@ class RegistryService:
 
     def create_model(self, *, actor: Identity, spec: ModelSpec) -> Model:
         check_initial_status(spec.status)
+        metadata = check_model_metadata(spec.metadata)  # here, in a worker thread: it trial-renders the chat template
         with transaction(self._engine, conflict=f"model {spec.name} version {spec.version} already exists") as session:
             row = repo.add_model(session=session, row=repo.ModelRow(
                 name=spec.name, version=spec.version, type=spec.type, runtime=spec.runtime,
                 artifact_uri=spec.artifact_uri, owner_team=spec.owner_team, status=spec.status,
-                meta=spec.metadata, created_by=actor.user_id,
+                meta=metadata, created_by=actor.user_id,
             ))
             audit.record(session, repo.RegistryAudit, actor=actor, action="CreateModel", resource_type="model",
                          resource_id=str(row.id), before=None, after=row.snapshot())

@@ -1,15 +1,19 @@
 """Request checks and prompt rendering: the chat template comes from the
-model's catalog metadata and renders in a sandboxed, immutable Jinja2."""
+model's catalog metadata and renders in the bounded sandbox (shared.validation),
+compiled once per template text, in a small thread pool off the event loop."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import Template
 
-from shared.errors import InvalidArgument
+from shared.errors import DeadlineExceeded, InvalidArgument
+from shared.templating import TEMPLATE_RENDER_SECONDS, compile_template, render_template
 
 ROLES = ("system", "user", "assistant")
 MAX_STOP_WORDS = 4
@@ -19,7 +23,11 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-_ENV = ImmutableSandboxedEnvironment()
+CHAT_TEMPLATE = "the model's chat template"
+# Renders run here, not on the event loop nor in its default pool: a slow template delays only other renders.
+_RENDER_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="chat-template")
+# The render stops itself at TEMPLATE_RENDER_SECONDS; this wait only covers time queued behind other renders.
+RENDER_WAIT_SECONDS = 4 * TEMPLATE_RENDER_SECONDS
 
 
 @dataclass(frozen=True)
@@ -57,13 +65,30 @@ def check_sampling(*, max_tokens: int | None, temperature: float | None, top_p: 
     return max_tokens, temperature, top_p, tuple(stop)
 
 
-def render_chat(metadata: dict[str, Any], messages: list[Message]) -> str:
+async def render_chat(metadata: dict[str, Any], messages: list[Message]) -> str:
     source = metadata.get("chat_template") or DEFAULT_CHAT_TEMPLATE
+    if not isinstance(source, str):  # registered before the registry checked metadata
+        raise InvalidArgument(f"{CHAT_TEMPLATE} is not a string; register a new model version with a valid one",
+                              reason="TEMPLATE_ERROR")
+    variables = {"messages": [{"role": m.role, "content": m.content} for m in messages],
+                 "add_generation_prompt": True}
+    rendering = asyncio.get_running_loop().run_in_executor(_RENDER_POOL, _render_chat_now, source, variables)
     try:
-        return _ENV.from_string(source).render(
-            messages=[{"role": m.role, "content": m.content} for m in messages], add_generation_prompt=True)
-    except TemplateError as exc:
-        raise InvalidArgument(f"the model's chat template failed to render: {exc}", reason="TEMPLATE_ERROR") from exc
+        return await asyncio.wait_for(rendering, RENDER_WAIT_SECONDS)
+    except TimeoutError as exc:
+        raise DeadlineExceeded(f"{CHAT_TEMPLATE} did not render within {RENDER_WAIT_SECONDS:g}s; "
+                               "the router is busy rendering, retry", reason="TEMPLATE_RENDER_TIMEOUT") from exc
+
+
+def _render_chat_now(source: str, variables: dict[str, Any]) -> str:
+    """In a worker thread: compile (cached) and render within the sandbox's bounds."""
+    return render_template(_compiled(source), variables, CHAT_TEMPLATE)
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(source: str) -> Template:
+    # Compiling is the slow part of Jinja2; endpoints share a handful of template texts.
+    return compile_template(source, CHAT_TEMPLATE)
 
 
 def model_stop_words(metadata: dict[str, Any]) -> tuple[str, ...]:

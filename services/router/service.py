@@ -91,7 +91,10 @@ class InferenceService:
         """The answer's chunks as they come; buffered (a unary call): all at once at the end, so a
         replica that fails mid-generation is retried on another, the client having seen nothing."""
         route = await self._route(name, kinds=("chat", "completion"))
-        prompt = render_chat(route.metadata, check_messages(messages))
+        prompt = await render_chat(route.metadata, check_messages(messages))
+        if not prompt.strip():  # nothing for the model to continue: the template's doing, not the replica's
+            raise InvalidArgument(f"the chat template of endpoint {name} rendered an empty prompt for these "
+                                  "messages", reason="EMPTY_PROMPT")
         sampling = self._sampling(route, max_tokens, temperature, top_p, stop)
         async for chunk in self._generate(actor, route, prompt, sampling, kind="chat", buffered=buffered):
             yield chunk

@@ -10,7 +10,8 @@ from collections.abc import Iterable
 from .errors import InvalidArgument
 
 # Endpoint names end up in routes and Kubernetes labels: a DNS label.
-ENDPOINT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# \Z, not $: "$" also matches before a trailing newline, and callers may use .match.
+ENDPOINT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 ENDPOINT_ROUTE_PREFIX = "/llm-ops/v1/serve/"
 
 
@@ -49,7 +50,7 @@ def parse_uuid(value: str, field: str) -> uuid.UUID:
 
 
 def endpoint_name(value: str, field: str = "endpoint") -> str:
-    if not ENDPOINT_NAME.match(value):
+    if not ENDPOINT_NAME.fullmatch(value):
         raise InvalidArgument(
             f"{field} must be a lowercase DNS label (a-z, 0-9, '-', at most 63 characters); got {value[:80]!r}",
             reason="INVALID_ENDPOINT_NAME")
