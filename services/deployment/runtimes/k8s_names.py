@@ -36,13 +36,13 @@ ANNOTATION_MODEL = "llmops.dev/model"
 ANNOTATION_TRITON_MODEL = "llmops.dev/triton-model"
 ANNOTATION_ROUTE = "llmops.dev/route"
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 def deployment_name(endpoint_id: str) -> str:
     """Also the Service's name and the pods' ``app`` label."""
     name = f"serving-{endpoint_id}"
-    if not _DNS_LABEL.match(name) or len(name) > 63:
+    if not _DNS_LABEL.fullmatch(name) or len(name) > 63:
         raise ValueError(f"endpoint id {endpoint_id!r} does not make a Kubernetes name: serving-<id> must be a "
                          "DNS label (lowercase letters, digits, '-'; at most 63 characters)")
     return name
