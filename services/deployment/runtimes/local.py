@@ -341,7 +341,8 @@ class LocalRuntime:
         while pending:
             for replica in list(pending):
                 if not replica.alive():
-                    raise RuntimeFailure(f"replica exited during start-up: {_startup_failure(replica.log_path)}")
+                    raise RuntimeFailure(f"replica exited during start-up{_exit_status(replica)}: "
+                                         f"{_startup_failure(replica.log_path)}")
                 if await _http_ready(replica.http_port):
                     replica.model_processes = await asyncio.to_thread(replica.running_model_processes)
                     replica.ready = True
@@ -507,6 +508,17 @@ def _cpu_percent(replica: Replica) -> float:
         return replica.ps.cpu_percent(None) if replica.ps else 0.0
     except psutil.Error:
         return 0.0
+
+
+def _exit_status(replica: Replica) -> str:
+    """' (killed by SIGSEGV)' or ' (exit code 1)', when we know it (our child); else ''."""
+    code = replica.popen.poll() if replica.popen is not None else None
+    if code is None:
+        return ""
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f" (killed by {signal.Signals(-code).name})"
+    return f" (exit code {code})"
 
 
 def _startup_failure(log_path: str) -> str:
