@@ -194,3 +194,17 @@ def test_a_prompt_longer_than_the_context_is_the_clients_fault(infer):
     r = requests.post(f"{infer.gateway.api}/serve/chat-model/chat", headers=ADMIN, timeout=120,
                       json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
     assert_envelope(r, 200, "success")
+
+
+# 4. Responses as large as the API promises -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/llm-ops/v1/serve/embedding-model/embeddings", "/v1/embeddings"])
+def test_the_largest_embedding_batch_the_api_allows_is_answered(infer, path):
+    texts = [f"input number {i} of the largest batch" for i in range(256)]  # the documented limit
+    body = {"input": texts, "model": "embedding-model"}
+    r = requests.post(f"{infer.gateway.url}{path}", json=body, headers=ADMIN, timeout=300)
+    assert r.status_code == 200, r.text[:300]
+    payload = r.json()
+    rows = (payload["data"]["data"] if path.startswith("/llm-ops") else payload["data"])
+    assert len(rows) == 256 and {len(row["embedding"]) for row in rows} == {384}
+    assert len(r.content) > 1 << 20  # past the 1 MiB that used to turn such an answer into a 500
