@@ -343,8 +343,7 @@ def test_a_model_process_busy_in_a_long_call_does_not_outlive_its_replica(stack,
         assert time.monotonic() < deadline
         time.sleep(0.1)
     if end == "tritonserver killed":
-        server.kill()
-        stack.wait(ep["id"], "degraded", timeout=60)  # the runtime saw it die and cleans up after it
+        server.kill()  # the runtime sees it die, stops what is left of its process group, starts another
     else:
         r = requests.delete(f"{stack.gateway.api}/serving/endpoints/{ep['id']}", headers=ADMIN, timeout=120)
         assert_envelope(r, 200, "success")
