@@ -65,7 +65,7 @@ class DeploymentService:
         self._controllers = Controllers(self, runtime)
         self._monitor = HealthMonitor(self, runtime, monitor_interval_s)
         self.events = EndpointEvents()
-        runtime.on_change = lambda endpoint_id: self.events.publish(EndpointEvent("upsert", endpoint_id))
+        runtime.on_change = self.publish
 
     # lifecycle -----------------------------------------------------------------------------------------------
 
@@ -165,7 +165,7 @@ class DeploymentService:
         return await asyncio.to_thread(self._record_status, endpoint_id, expected_revision=expected_revision,
                                        status=status, reason=reason, runtime=runtime, applied=applied)
 
-    def publish(self, endpoint_id: uuid.UUID) -> None:
+    def publish(self, endpoint_id: uuid.UUID | str) -> None:
         self.events.publish(EndpointEvent("upsert", str(endpoint_id)))
 
     # transactions (worker threads) ----------------------------------------------------------------------------
