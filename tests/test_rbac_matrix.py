@@ -28,6 +28,8 @@ TABLE = {
     "RollbackEndpoint": {"operator", "admin"},
     "DeleteEndpoint": {"operator", "admin"},
     "ListEndpointRevisions": ANY,
+    "RegistryService.ListAuditRecords": {"admin"},
+    "DeploymentService.ListAuditRecords": {"admin"},
 }
 SETUP = {"X-User-Id": "setup", "X-User-Roles": "admin"}
 
@@ -102,7 +104,22 @@ def _request(gateway, rpc: str, model_id: str) -> tuple[str, str, dict | None]:
         return "GET", f"{api}/prompts/templates", None
     if rpc == "GetPromptTemplate":
         return "GET", f"{api}/prompts/templates/{_template(gateway)}", None
+    if rpc == "RegistryService.ListAuditRecords":
+        return "GET", f"{api}/catalog/audit-records", None
+    if rpc == "DeploymentService.ListAuditRecords":
+        return "GET", f"{api}/serving/audit-records", None
     raise AssertionError(rpc)
+
+
+def test_the_table_covers_every_method_the_gateway_routes():
+    from llmops.v1 import access_pb2, deployment_pb2, registry_pb2
+
+    routed = set()
+    for module, name in ((registry_pb2, "RegistryService"), (deployment_pb2, "DeploymentService")):
+        for method in module.DESCRIPTOR.services_by_name[name].methods:
+            if not method.GetOptions().Extensions[access_pb2.access].internal:
+                routed.add(method.name)
+    assert routed == {rpc.rsplit(".", 1)[-1] for rpc in TABLE}
 
 
 @pytest.mark.parametrize("role", [*ROLES, None])

@@ -103,6 +103,7 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "input text holds no strings")
         response = service_pb2.ModelInferResponse(model_name=request.model_name, id=request.id)
         _add_output(response, "embedding", [[0.5] * DIM] * request.inputs[0].shape[0], "FP32")
+        _add_output(response, "token_count", [3] * request.inputs[0].shape[0], "INT32")
         return response
 
 

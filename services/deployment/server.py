@@ -43,5 +43,6 @@ async def start(settings: Settings, *, engine: Engine, runtime: ServingRuntime,
         servicers=[Servicer(deployment_pb2_grpc.add_DeploymentServiceServicer_to_server,
                             DeploymentServicer(service), SERVICE_NAME)],
         address=f"{settings.host}:{settings.deployment_port if port is None else port}",
+        service_token=settings.service_token,
     )
     return running, service

@@ -18,6 +18,7 @@ from typing import Protocol
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from llmops.v1 import audit_pb2
 from shared import audit
 from shared.db import transaction
 from shared.errors import AlreadyExists, NotFound
@@ -130,6 +131,9 @@ class DeploymentService:
             repo.get_row(session=session, endpoint_id=endpoint_id, live=False)
             rows = repo.list_revisions(session=session, endpoint_id=endpoint_id, offset=offset, limit=limit)
             return [r.to_domain() for r in rows]
+
+    async def audit_log(self, request: audit_pb2.ListAuditRecordsRequest) -> audit_pb2.ListAuditRecordsResponse:
+        return await audit.list_page(self._engine, repo.DeploymentAudit, request, resource_types=("endpoint",))
 
     async def routed(self, endpoint_id: uuid.UUID) -> RoutedEndpoint | None:
         try:

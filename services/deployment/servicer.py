@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+from llmops.v1 import audit_pb2
 from llmops.v1 import deployment_pb2 as pb
 from llmops.v1 import deployment_pb2_grpc
 from shared import pagination
@@ -26,11 +27,10 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
     async def ListEndpoints(self, request: pb.ListEndpointsRequest, context) -> pb.ListEndpointsResponse:  # noqa: N802
         filters = conv.endpoint_filter(request)
         endpoints, token = await pagination.fetch_page(
-            functools.partial(self._service.list, filters=filters),
+            functools.partial(self._service.list, filters=filters), conv.endpoint_to_proto,
             requested_size=request.page_size, token=request.page_token,
             query={"environment": request.environment, "modelId": request.model_id, "status": request.status})
-        return pb.ListEndpointsResponse(endpoints=[conv.endpoint_to_proto(e) for e in endpoints],
-                                        next_page_token=token)
+        return pb.ListEndpointsResponse(endpoints=endpoints, next_page_token=token)
 
     async def GetEndpoint(self, request: pb.GetEndpointRequest, context) -> pb.Endpoint:  # noqa: N802
         endpoint = await self._service.get(endpoint_id=parse_uuid(request.id, "id"))
@@ -56,10 +56,12 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
     async def ListEndpointRevisions(self, request: pb.ListEndpointRevisionsRequest, context) -> pb.ListEndpointRevisionsResponse:  # noqa: N802,E501
         endpoint_id = parse_uuid(request.id, "id")
         revisions, token = await pagination.fetch_page(
-            functools.partial(self._service.list_revisions, endpoint_id=endpoint_id),
+            functools.partial(self._service.list_revisions, endpoint_id=endpoint_id), conv.revision_to_proto,
             requested_size=request.page_size, token=request.page_token, query={"id": request.id})
-        return pb.ListEndpointRevisionsResponse(revisions=[conv.revision_to_proto(r) for r in revisions],
-                                                next_page_token=token)
+        return pb.ListEndpointRevisionsResponse(revisions=revisions, next_page_token=token)
+
+    async def ListAuditRecords(self, request: audit_pb2.ListAuditRecordsRequest, context) -> audit_pb2.ListAuditRecordsResponse:  # noqa: N802,E501
+        return await self._service.audit_log(request)
 
     async def WatchEndpoints(self, request: pb.WatchEndpointsRequest, context):  # noqa: N802
         async for kind, items in self._service.watch(environment=request.environment or None):

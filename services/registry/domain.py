@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from shared.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from shared.model_limits import LIMIT_KEYS
 from shared.templating import compile_template, render_template
 
 
@@ -49,7 +50,7 @@ MAX_METADATA_BYTES = 64 * 1024
 MAX_TEMPLATE_BYTES = 64 * 1024
 
 # Metadata keys that the deployment service and the router read: checked here, once, so they may trust them.
-POSITIVE_INT_KEYS = ("context_length", "n_threads", "embedding_dim", "dimensions")
+POSITIVE_INT_KEYS = ("context_length", "n_threads", "embedding_dim", "dimensions", *LIMIT_KEYS)
 MAX_METADATA_INT = 2**31 - 1  # what the C layers underneath (llama.cpp, Triton configs) hold
 MAX_MODEL_STOP_WORDS = 4
 # What a chat template is given at request time (the router's render_chat), for a trial render.

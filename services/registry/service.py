@@ -7,6 +7,7 @@ import uuid
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from llmops.v1 import audit_pb2
 from shared import audit
 from shared.db import transaction
 from shared.identity import Identity
@@ -17,6 +18,9 @@ from .domain import (
     Model, ModelFilter, ModelSpec, ModelStatus, PromptTemplate, TemplateFilter, TemplateSpec,
     check_initial_status, check_model_metadata, check_template, check_transition,
 )
+
+
+AUDITED_RESOURCES = ("model", "prompt_template")
 
 
 class RegistryService:
@@ -35,6 +39,9 @@ class RegistryService:
             audit.record(session, repo.RegistryAudit, actor=actor, action="CreateModel", resource_type="model",
                          resource_id=str(row.id), before=None, after=row.snapshot())
             return row.to_domain()
+
+    async def audit_log(self, request: audit_pb2.ListAuditRecordsRequest) -> audit_pb2.ListAuditRecordsResponse:
+        return await audit.list_page(self._engine, repo.RegistryAudit, request, resource_types=AUDITED_RESOURCES)
 
     def get_model(self, *, model_id: uuid.UUID) -> Model:
         with Session(self._engine) as session:

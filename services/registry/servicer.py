@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 
+from llmops.v1 import audit_pb2
 from llmops.v1 import registry_pb2 as pb
 from llmops.v1 import registry_pb2_grpc
 from shared import pagination
@@ -27,10 +28,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:  # noqa: N802
         filters = conv.model_filter(request)
         models, token = await pagination.fetch_page(
-            functools.partial(self._service.list_models, filters=filters),
+            functools.partial(self._service.list_models, filters=filters), conv.model_to_proto,
             requested_size=request.page_size, token=request.page_token,
             query={"type": request.type, "status": request.status, "ownerTeam": request.owner_team})
-        return pb.ListModelsResponse(models=[conv.model_to_proto(m) for m in models], next_page_token=token)
+        return pb.ListModelsResponse(models=models, next_page_token=token)
 
     async def GetModel(self, request: pb.GetModelRequest, context) -> pb.Model:  # noqa: N802
         model_id = parse_uuid(request.id, "id")
@@ -52,13 +53,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def ListPromptTemplates(self, request: pb.ListPromptTemplatesRequest, context) -> pb.ListPromptTemplatesResponse:  # noqa: N802
         filters = conv.template_filter(request)
         templates, token = await pagination.fetch_page(
-            functools.partial(self._service.list_templates, filters=filters),
+            functools.partial(self._service.list_templates, filters=filters), conv.template_to_proto,
             requested_size=request.page_size, token=request.page_token,
             query={"name": request.name, "modelType": request.model_type, "endpoint": request.endpoint})
-        return pb.ListPromptTemplatesResponse(templates=[conv.template_to_proto(t) for t in templates],
+        return pb.ListPromptTemplatesResponse(templates=templates,
                                               next_page_token=token)
 
     async def GetPromptTemplate(self, request: pb.GetPromptTemplateRequest, context) -> pb.PromptTemplate:  # noqa: N802
         template_id = parse_uuid(request.id, "id")
         template = await asyncio.to_thread(self._service.get_template, template_id=template_id)
         return conv.template_to_proto(template)
+
+    async def ListAuditRecords(self, request: audit_pb2.ListAuditRecordsRequest, context) -> audit_pb2.ListAuditRecordsResponse:  # noqa: N802,E501
+        return await self._service.audit_log(request)

@@ -203,11 +203,14 @@ class ReplicaPool:
             finally:
                 responses.cancel()  # no-op once finished; frees the replica when the client went away
 
-    async def embed(self, address: str, model: str, texts: list[str]) -> np.ndarray:
+    async def embed(self, address: str, model: str, texts: list[str]) -> tuple[np.ndarray, int]:
+        """The vectors, and the tokens of all texts together."""
         async with self._lease(address) as client:
             try:
+                # Cancelling this call (the request's deadline, or its client gone) cancels it on the replica.
                 result = await client.infer(model, [_tensor("text", texts, "BYTES")],
-                                            outputs=[InferRequestedOutput("embedding")])
+                                            outputs=[InferRequestedOutput("embedding"),
+                                                     InferRequestedOutput("token_count")])
             except InferenceServerException as exc:
                 # infer wraps gRPC errors: status() is the gRPC code ("StatusCode.UNAVAILABLE"), message() Triton's.
                 message = exc.message() or str(exc)
@@ -217,7 +220,7 @@ class ReplicaPool:
                     raise InvalidArgument(f"the model rejected the request: {message}",
                                           reason="MODEL_REJECTED_INPUT") from exc
                 raise _triton_error(message) from exc
-            return result.as_numpy("embedding")
+            return result.as_numpy("embedding"), int(result.as_numpy("token_count").sum())
 
     async def close(self) -> None:
         clients, self._clients = list(self._clients.values()), {}

@@ -13,9 +13,10 @@ from typing import Any
 import grpc
 import structlog
 from google.protobuf import json_format
+from pydantic import SecretStr
 
 from llmops.v1 import deployment_pb2, deployment_pb2_grpc
-from shared.identity import Identity
+from shared.identity import Identity, service_metadata
 
 log = structlog.get_logger()
 ROUTER_IDENTITY = Identity("svc-router", frozenset({"admin"}))
@@ -79,15 +80,17 @@ class RouteTable:
             listener(self)
 
 
-async def follow(table: RouteTable, *, address: str, environment: str) -> None:
+async def follow(table: RouteTable, *, address: str, environment: str,
+                 service_token: SecretStr | None = None) -> None:
     """Keep table in step with the deployment service, forever, reconnecting with backoff."""
+    metadata = ROUTER_IDENTITY.metadata() + service_metadata(service_token and service_token.get_secret_value())
     backoff = 0.2
     while True:
         channel = grpc.aio.insecure_channel(address, options=WATCH_CHANNEL_OPTIONS)
         try:
             stub = deployment_pb2_grpc.DeploymentServiceStub(channel)
             stream = stub.WatchEndpoints(deployment_pb2.WatchEndpointsRequest(environment=environment),
-                                         metadata=ROUTER_IDENTITY.metadata())
+                                         metadata=metadata)
             async for event in stream:
                 table.apply(event)
                 backoff = 0.2

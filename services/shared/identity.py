@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextvars
+import hmac
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from google.protobuf import descriptor_pool
@@ -16,6 +18,7 @@ ROLES = frozenset({"admin", "operator", "reviewer", "researcher", "viewer"})
 USER_ID_KEY = "x-user-id"
 ROLES_KEY = "x-user-roles"
 REQUEST_ID_KEY = "x-request-id"
+SERVICE_TOKEN_KEY = "x-llmops-service-token"
 
 
 @dataclass(frozen=True)
@@ -50,14 +53,40 @@ MAX_USER_ID_LENGTH = 256  # what the tables' created_by/actor columns hold
 _ASCII_BLANKS = " \t"
 
 
+def call_metadata(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The call's metadata as one value per key. X-User-Id must come once: two lines (a second
+    one smuggled in by a bare LF, say) would leave the caller to whichever a component reads.
+    X-User-Roles is a list: its lines join with commas, as HTTP combines list fields."""
+    metadata: dict[str, str] = {}
+    for key, value in pairs:
+        if key == USER_ID_KEY and key in metadata:
+            raise InvalidArgument("X-User-Id appears more than once", reason="AMBIGUOUS_IDENTITY")
+        if key == ROLES_KEY and key in metadata:
+            value = f"{metadata[key]},{value}"
+        metadata[key] = value
+    return metadata
+
+
 def identity_from_metadata(metadata: dict[str, str]) -> Identity:
     user_id = metadata.get(USER_ID_KEY, "").strip(_ASCII_BLANKS)
     if len(user_id) > MAX_USER_ID_LENGTH:
         raise InvalidArgument(f"X-User-Id is longer than {MAX_USER_ID_LENGTH} characters", reason="USER_ID_TOO_LONG")
-    if not user_id.isprintable():
-        raise InvalidArgument("X-User-Id holds control characters", reason="INVALID_USER_ID")
+    if not (user_id.isascii() and user_id.isprintable()):
+        # gRPC metadata carries printable ASCII only: the id travels on to the other services as such.
+        raise InvalidArgument("X-User-Id must be printable ASCII", reason="INVALID_USER_ID")
     roles = {r.strip(_ASCII_BLANKS).lower() for r in metadata.get(ROLES_KEY, "").split(",")}
     return Identity(user_id=user_id, roles=frozenset(roles & ROLES))
+
+
+def service_credential_ok(metadata: dict[str, str], expected: str | None) -> bool:
+    """Whether the call carries the platform's service credential (never true when none is set)."""
+    presented = metadata.get(SERVICE_TOKEN_KEY, "")
+    return bool(expected) and hmac.compare_digest(presented.encode(), expected.encode())
+
+
+def service_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata that shows a call comes from one of the platform's processes."""
+    return ((SERVICE_TOKEN_KEY, token),) if token else ()
 
 
 def bind(identity: Identity, request_id: str) -> None:
@@ -85,13 +114,18 @@ class AccessTable:
     def rule(self, method: str) -> access_pb2.Access | None:
         return self._rules.get(method)
 
-    def check(self, method: str, identity: Identity) -> access_pb2.Access | None:
-        """Raise Unauthenticated/PermissionDenied unless identity may call method."""
+    def check(self, method: str, identity: Identity, *, platform_process: bool = False) -> access_pb2.Access | None:
+        """Raise Unauthenticated/PermissionDenied unless identity may call method; an internal
+        method also needs the caller to be one of the platform's processes (it presented the
+        service credential: see service_credential_ok)."""
         if method.startswith(tuple(f"/{s}/" for s in self.PUBLIC_SERVICES)):
             return None
         rule = self._rules.get(method)
         if rule is None:  # an RPC without a declared rule is closed, not open
             raise PermissionDenied(f"{method} declares no access rule", reason="NO_ACCESS_RULE")
+        if rule.internal and not platform_process:
+            raise Unauthenticated(f"{method.rsplit('/', 1)[-1]} is internal: only the platform's own processes, "
+                                  "with the service credential, may call it", reason="SERVICE_CREDENTIAL_REQUIRED")
         if rule.public:
             return rule
         if identity.is_anonymous:

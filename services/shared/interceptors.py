@@ -63,9 +63,10 @@ def _check_decoded(request: Any) -> None:
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, service: str, table: ident.AccessTable) -> None:
+    def __init__(self, service: str, table: ident.AccessTable, *, service_token: str | None = None) -> None:
         self._service = service
         self._table = table
+        self._service_token = service_token
 
     async def intercept_service(
         self,
@@ -113,12 +114,13 @@ class _Call:
 
     async def __aenter__(self) -> "_Call":
         self.started = time.perf_counter()
-        metadata = {m.key: m.value for m in self.context.invocation_metadata() or ()
-                    if isinstance(m.value, str)}
+        pairs = [(m.key, m.value) for m in self.context.invocation_metadata() or () if isinstance(m.value, str)]
+        metadata = {key: value for key, value in pairs}
         try:
-            self.identity, self.identity_error = ident.identity_from_metadata(metadata), None
+            self.identity, self.identity_error = ident.identity_from_metadata(ident.call_metadata(pairs)), None
         except DomainError as exc:  # answered by authorize(), inside the call, as any other error
             self.identity, self.identity_error = ident.ANONYMOUS, exc
+        self.platform_process = ident.service_credential_ok(metadata, self.owner._service_token)
         self.request_id = metadata.get(ident.REQUEST_ID_KEY) or str(uuid.uuid4())
         ident.bind(self.identity, self.request_id)
         structlog.contextvars.bind_contextvars(request_id=self.request_id, user=self.identity.user_id)
@@ -127,7 +129,7 @@ class _Call:
     def authorize(self) -> None:
         if self.identity_error is not None:
             raise self.identity_error
-        self.rule = self.owner._table.check(self.method, self.identity)
+        self.rule = self.owner._table.check(self.method, self.identity, platform_process=self.platform_process)
 
     async def send_envelope_message(self) -> None:
         if self.rule is not None and not self.rule.raw_response:

@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import structlog
+from pydantic import SecretStr
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -43,10 +44,13 @@ class RunningServer:
 
 async def start_server(
     *, service: str, servicers: list[Servicer], address: str, reflected: list[str] | None = None,
+    service_token: SecretStr | None = None,
 ) -> RunningServer:
-    """Serve servicers at address; reflection describes them (or `reflected`, when given)."""
+    """Serve servicers at address; reflection describes them (or `reflected`, when given).
+    Internal methods answer only callers that present service_token."""
+    token = service_token.get_secret_value() if service_token is not None else None
     server = grpc.aio.server(
-        interceptors=[CallInterceptor(service, AccessTable([s.name for s in servicers]))],
+        interceptors=[CallInterceptor(service, AccessTable([s.name for s in servicers]), service_token=token)],
         # Metadata limits well above the gateway's 8 KiB of request headers, so an oversized header
         # is Envoy's 431 and never gRPC's RESOURCE_EXHAUSTED (which the envelope shows as a 429).
         options=[("grpc.so_reuseport", 0), ("grpc.max_metadata_size", 32 * 1024),

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     experiment_port: int = 50053
     router_port: int = 50054
     reflection_port: int = 50055
+    service_token: SecretStr | None = Field(
+        default=None, description="The credential the platform's own processes present on internal methods (the "
+                                  "route and experiment watches, outcome ingestion). `make up` makes a random one "
+                                  "when unset; a service without one refuses every internal call.")
     metrics_port: int = Field(default=0, description="Prometheus /metrics port of this process; 0 disables.")
 
     gateway_port: int = Field(default=8080, description="Envoy: REST and gRPC on one port.")

@@ -26,6 +26,8 @@ from pathlib import Path
 from string import Template
 from urllib.parse import unquote, urlparse
 
+from shared.model_limits import DEFAULT_CONTEXT_LENGTH, EmbeddingLimits
+
 from ..domain import ModelSnapshot
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[3] / "deploy" / "triton"
@@ -33,7 +35,6 @@ TEMPLATES_DIR = Path(__file__).resolve().parents[3] / "deploy" / "triton"
 GENERATION_MODEL = "llm"
 EMBEDDING_MODEL = "embedding"
 
-DEFAULT_CONTEXT_LENGTH = 2048
 DEFAULT_EMBEDDING_DIM = 384
 # Python-backend shared memory per model instance. Triton's own default is 1 MiB
 # with 1 MiB growth; tensors here are small (a prompt, a few token deltas, a batch
@@ -239,7 +240,8 @@ def write_model_repository(dest: Path, model: ModelSnapshot, *, replicas: int = 
 
     Other models already in `dest` are kept, so one repository can hold both kinds.
     Metadata that tunes it: context_length (n_ctx, default 2048) and n_threads for
-    llamacpp; dimensions (default 384) and n_threads for embedding. Without
+    llamacpp; dimensions (default 384), n_threads and the request limits (shared.model_limits)
+    for embedding. Without
     n_threads, the cores are shared among `replicas` (llama.cpp's spinning worker
     threads slow to a crawl when replicas ask for more threads than there are cores)."""
     threads = max(1, min(4, (os.cpu_count() or 1) // max(1, replicas)))
@@ -260,10 +262,14 @@ def write_model_repository(dest: Path, model: ModelSnapshot, *, replicas: int = 
         return GENERATION_MODEL
     if model.runtime == "embedding":
         path = _embedding_model(model, resolve_artifact(model.artifact_uri, file_roots=file_roots))
+        limits = EmbeddingLimits.from_metadata(meta)  # the router checks the same numbers before Triton
         _render("embedding", dest, EMBEDDING_MODEL, {
             "model_path": _pbtxt_string(str(path)),
             "dim": _int_meta(meta, "dimensions", DEFAULT_EMBEDDING_DIM),
             "n_threads": _int_meta(meta, "n_threads", threads),
+            "max_inputs": limits.inputs,
+            "max_input_tokens": limits.input_tokens,
+            "max_request_tokens": limits.request_tokens,
         })
         return EMBEDDING_MODEL
     raise ValueError(f"model {model.name}: unknown runtime {model.runtime!r} (llamacpp, embedding, tensorrt_llm)")
