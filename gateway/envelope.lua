@@ -21,44 +21,10 @@ local META_NS = "llmops.gateway"
 local PREFIX = "/llm-ops/v1/"
 local OPENAI_PREFIX = "/v1/"
 
--- gRPC status code -> HTTP status (ours, not Envoy's where they differ).
-local HTTP_STATUS = {
-  [1] = 499,  -- CANCELLED
-  [2] = 500,  -- UNKNOWN
-  [3] = 400,  -- INVALID_ARGUMENT
-  [4] = 504,  -- DEADLINE_EXCEEDED
-  [5] = 404,  -- NOT_FOUND
-  [6] = 409,  -- ALREADY_EXISTS
-  [7] = 403,  -- PERMISSION_DENIED
-  [8] = 429,  -- RESOURCE_EXHAUSTED
-  [9] = 409,  -- FAILED_PRECONDITION
-  [10] = 409, -- ABORTED
-  [11] = 400, -- OUT_OF_RANGE
-  [12] = 404, -- UNIMPLEMENTED
-  [13] = 500, -- INTERNAL
-  [14] = 503, -- UNAVAILABLE
-  [15] = 500, -- DATA_LOSS
-  [16] = 401, -- UNAUTHENTICATED
-}
-
--- OpenAI error "code": the gRPC status name, lowercased.
-local CODE_NAME = {
-  [1] = "cancelled", [2] = "unknown", [3] = "invalid_argument", [4] = "deadline_exceeded",
-  [5] = "not_found", [6] = "already_exists", [7] = "permission_denied",
-  [8] = "resource_exhausted", [9] = "failed_precondition", [10] = "aborted",
-  [11] = "out_of_range", [12] = "unimplemented", [13] = "internal", [14] = "unavailable",
-  [15] = "data_loss", [16] = "unauthenticated",
-}
-
--- OpenAI error "type". Other codes: invalid_request_error when our HTTP status is a
--- 4xx (409, 499, ...), server_error otherwise.
-local OPENAI_TYPE = {
-  [3] = "invalid_request_error",
-  [16] = "authentication_error",
-  [7] = "permission_error",
-  [5] = "not_found_error",
-  [8] = "rate_limit_error",
-}
+-- HTTP_STATUS (gRPC status code -> HTTP status), CODE_NAME (code -> OpenAI error
+-- "code": the status name, lowercased) and OPENAI_TYPE (code -> OpenAI error "type")
+-- are defined above this file by shared/gateway.py, from the platform's one status
+-- table (shared/errors.py STATUS_TABLE).
 
 local function json_string(s)
   s = s:gsub('[%c"\\]', function(c)
@@ -179,7 +145,7 @@ function envoy_on_response(response_handle)
     h:replace(":status", tostring(http_status))
     h:replace("content-type", "application/json")
     if openai then
-      local kind = OPENAI_TYPE[code] or (http_status < 500 and "invalid_request_error" or "server_error")
+      local kind = OPENAI_TYPE[code] or "server_error"
       body:setBytes('{"error":{"message":' .. text .. ',"type":"' .. kind .. '","code":"'
         .. (CODE_NAME[code] or "unknown") .. '"}}')
     else

@@ -8,14 +8,9 @@
 --
 -- The body is read with body(): the buffer filter before this one already holds the
 -- whole body and has answered 413 beyond max_body_bytes, so this never buffers more.
--- Only the four paths below are ever read; every other request streams through.
-
-local STREAMABLE = {
-  "^/llm%-ops/v1/serve/[^/]+/chat$",
-  "^/llm%-ops/v1/serve/[^/]+/completion$",
-  "^/v1/chat/completions$",
-  "^/v1/completions$",
-}
+-- Only the paths in STREAMABLE are ever read; every other request streams through.
+-- STREAMABLE (Lua patterns) is defined above this file by shared/gateway.py: the
+-- paths P whose P:stream is an HTTP binding of a server-streaming method.
 
 local function starts_with(s, p)
   return s ~= nil and s:sub(1, #p) == p

@@ -10,18 +10,16 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import quote
 
 import pytest
 import requests
-from google.api import annotations_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import inspect, text
 
-from llmops.v1 import deployment_pb2, inference_pb2, registry_pb2
+from shared import api
 
 from .helpers import ADMIN, approved_model, assert_envelope, deploy, deploy_body, wait_status
 
@@ -41,21 +39,14 @@ class Route:
         return f"{self.verb} {self.path}"
 
 
-def routes(*services) -> Iterator[Route]:
-    """Every HTTP binding of the services' methods, additional bindings included."""
-    for module, name in services:
-        for method in module.DESCRIPTOR.services_by_name[name].methods:
-            options = method.GetOptions()
-            if not options.HasExtension(annotations_pb2.http):
-                continue
-            rule = options.Extensions[annotations_pb2.http]
-            for binding in (rule, *rule.additional_bindings):
-                verb = binding.WhichOneof("pattern")
-                yield Route(method.name, verb.upper(), getattr(binding, verb), binding.body)
+def routes(*components: str) -> list[Route]:
+    """Every HTTP binding of the components' methods, additional bindings included."""
+    return [Route(m.path.rsplit("/", 1)[-1], verb, path, body)
+            for m in api.methods() if m.component in components for verb, path, body in m.http]
 
 
-CONTROL_PLANE = list(routes((registry_pb2, "RegistryService"), (deployment_pb2, "DeploymentService")))
-INFERENCE = list(routes((inference_pb2, "InferenceService")))
+CONTROL_PLANE = routes("registry", "deployment")
+INFERENCE = routes("router")
 
 # ------------------------------------------------------------------ strategies
 

@@ -152,3 +152,19 @@ def test_model_limits_come_from_metadata_and_fall_back_for_values_stored_before_
     limits = EmbeddingLimits.from_metadata({"max_inputs": 10, "max_input_tokens": 128})
     assert (limits.inputs, limits.input_tokens, limits.request_tokens) == (10, 128, 8192)
     assert limits.input_chars == 128 * 16
+
+
+def test_the_api_is_read_from_the_protos():
+    from shared import api
+    assert {c.name: c.services for c in api.components(implemented_only=False)} == {
+        "deployment": ("llmops.v1.DeploymentService",), "experiment": ("llmops.v1.ExperimentService",),
+        "registry": ("llmops.v1.RegistryService",), "router": ("llmops.v1.InferenceService",)}
+    # A component is implemented when its package exists (services/<name>/).
+    assert {c.name for c in api.components()} == {"deployment", "registry", "router"}
+    assert {m.path for m in api.internal_methods()} == {
+        "/llmops.v1.DeploymentService/WatchEndpoints", "/llmops.v1.ExperimentService/RecordOutcomes",
+        "/llmops.v1.ExperimentService/WatchExperiments"}
+    assert {(m.path, m.component) for m in api.streaming_methods()} == {
+        ("/llmops.v1.InferenceService/ChatStream", "router"), ("/llmops.v1.InferenceService/CompleteStream", "router")}
+    chat = next(m for m in api.methods() if m.path == "/llmops.v1.InferenceService/Chat")
+    assert chat.http == (("POST", "/llm-ops/v1/serve/{name}/chat", "*"), ("POST", "/v1/chat/completions", "*"))

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT / "services"))
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bundled_models import seed  # noqa: E402
+from shared import api  # noqa: E402
 from shared.gateway import render_envoy_config  # noqa: E402
 from shared.settings import get_settings  # noqa: E402
 from supervisor import Supervisor  # noqa: E402
@@ -42,12 +43,8 @@ def main() -> int:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "services"), "PYTHONUNBUFFERED": "1"}
     if settings.service_token is None:  # one for this run, known only to the processes started here
         env["LLMOPS_SERVICE_TOKEN"] = secrets.token_urlsafe(32)
-    services = {
-        "registry": settings.registry_port,
-        "deployment": settings.deployment_port,
-        "router": settings.router_port,
-        "reflection": settings.reflection_port,
-    }
+    # Every component the protos name whose package exists (shared/api.py), and reflection for all.
+    services = {name: settings.port_of(name) for name in [*(c.name for c in api.components()), "reflection"]}
     envoy_config = render_envoy_config(
         settings, clusters={name: (settings.host, port) for name, port in services.items()},
         out_dir=Path(settings.serving_dir).parent / "gateway")  # var/gateway: beside this install's state
@@ -78,15 +75,15 @@ def _announce(settings, services: dict[str, int]) -> None:  # noqa: ANN001
     if not (_wait_port(settings.gateway_port, 60) and all(_wait_port(p, 60) for p in services.values())):
         print("the platform did not come up within 60s; see the lines above", flush=True)
         return
-    api = f"http://localhost:{settings.gateway_port}/llm-ops/v1"
+    base = f"http://localhost:{settings.gateway_port}/llm-ops/v1"
     try:
-        models = "\n".join(f"  {m['name']:<24} {m['type']:<10} modelId {m['id']}" for m in seed(api))
+        models = "\n".join(f"  {m['name']:<24} {m['type']:<10} modelId {m['id']}" for m in seed(base))
     except (OSError, RuntimeError) as exc:
         models = f"  (could not seed the bundled models: {exc})"
     print(f"\nLLM Ops platform is up: REST and gRPC on http://localhost:{settings.gateway_port}\n"
           f"{_exposure(settings)}\n"
           f"Bundled models, approved and ready to deploy:\n{models}\n"
-          f"Try: curl {api}/catalog/models -H 'X-User-Id: admin' -H 'X-User-Roles: admin'\n"
+          f"Try: curl {base}/catalog/models -H 'X-User-Id: admin' -H 'X-User-Roles: admin'\n"
           "Ctrl-C stops everything.\n", flush=True)
 
 

@@ -1,9 +1,31 @@
 """Domain errors. Services raise these; one interceptor maps them to gRPC
-status codes (and the gateway maps those to HTTP), so no handler catches by hand."""
+status codes, and the gateway maps those to HTTP with STATUS_TABLE (rendered
+into its Lua filter and its local replies), so no handler catches by hand."""
 
 from __future__ import annotations
 
 import grpc
+
+_C = grpc.StatusCode
+# gRPC status -> (HTTP status, OpenAI error type on /v1). The one status table of the platform.
+STATUS_TABLE: dict[grpc.StatusCode, tuple[int, str]] = {
+    _C.CANCELLED: (499, "invalid_request_error"),
+    _C.UNKNOWN: (500, "server_error"),
+    _C.INVALID_ARGUMENT: (400, "invalid_request_error"),
+    _C.DEADLINE_EXCEEDED: (504, "server_error"),
+    _C.NOT_FOUND: (404, "not_found_error"),
+    _C.ALREADY_EXISTS: (409, "invalid_request_error"),
+    _C.PERMISSION_DENIED: (403, "permission_error"),
+    _C.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
+    _C.FAILED_PRECONDITION: (409, "invalid_request_error"),
+    _C.ABORTED: (409, "invalid_request_error"),
+    _C.OUT_OF_RANGE: (400, "invalid_request_error"),
+    _C.UNIMPLEMENTED: (404, "invalid_request_error"),
+    _C.INTERNAL: (500, "server_error"),
+    _C.UNAVAILABLE: (503, "server_error"),
+    _C.DATA_LOSS: (500, "server_error"),
+    _C.UNAUTHENTICATED: (401, "authentication_error"),
+}
 
 
 class DomainError(Exception):

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from google.protobuf import descriptor_pool
 
 from llmops.v1 import access_pb2
-from llmops.v1 import deployment_pb2, experiment_pb2, inference_pb2, registry_pb2  # noqa: F401  (fill the descriptor pool)
+
+from . import api
 
 from .errors import InvalidArgument, PermissionDenied, Unauthenticated
 
@@ -102,6 +103,7 @@ class AccessTable:
                        "grpc.reflection.v1.ServerReflection")
 
     def __init__(self, service_names: list[str]) -> None:
+        api.services()  # every proto module imported: the descriptor pool knows each service
         pool = descriptor_pool.Default()
         self._rules: dict[str, access_pb2.Access] = {}
         for name in service_names:

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(default=None, description="Redis for rate limits, caches and streams.")
 
     host: str = Field(default="127.0.0.1", description="Interface the gRPC services bind.")
+    # One per component of the protos (option llmops.v1.component) and reflection: LLMOPS_<NAME>_PORT.
     registry_port: int = 50051
     deployment_port: int = 50052
     experiment_port: int = 50053
@@ -90,6 +91,10 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = 5.0
     supervisor_metrics_port: int = Field(
         default=9190, description="`make up`: the supervisor's /metrics (restarts by process); 0 disables.")
+
+    def port_of(self, component: str) -> int:
+        """The port of a component of the protos (llmops.v1.component) or of reflection."""
+        return getattr(self, f"{component}_port")
 
     @model_validator(mode="after")
     def _gateway_listen_address(self) -> Settings:
