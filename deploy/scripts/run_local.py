@@ -52,7 +52,8 @@ def main() -> int:
     # No hot restart: a restarted Envoy must not trip over the shared memory of the one that died.
     commands["envoy"] = [str(Path(sys.executable).parent / "envoy"), "-c", str(envoy_config),
                          "--log-level", "warn", "--disable-hot-restart"]
-    supervisor = Supervisor(commands, env=env, cwd=str(ROOT), grace_s=settings.shutdown_grace_s + 5)
+    supervisor = Supervisor(commands, env=env, env_of=_metrics_ports(settings, services), cwd=str(ROOT),
+                            grace_s=settings.shutdown_grace_s + 5)
     if settings.supervisor_metrics_port:
         try:
             start_http_server(settings.supervisor_metrics_port, addr="127.0.0.1")
@@ -69,6 +70,14 @@ def main() -> int:
         from deployment.runtimes.local import stop_all
         stop_all(settings.serving_dir)
     return 0
+
+
+def _metrics_ports(settings, services: dict[str, int]) -> dict[str, dict[str, str]]:  # noqa: ANN001
+    """LLMOPS_METRICS_PORT is the first of consecutive ports, one per service, in the order of
+    `services`: each process serves its own /metrics (one shared port would fail all but one)."""
+    if not settings.metrics_port:
+        return {}
+    return {name: {"LLMOPS_METRICS_PORT": str(settings.metrics_port + i)} for i, name in enumerate(services)}
 
 
 def _announce(settings, services: dict[str, int]) -> None:  # noqa: ANN001

@@ -54,10 +54,12 @@ class Child:
 
 class Supervisor:
     def __init__(self, commands: dict[str, list[str]], *, env: dict[str, str], cwd: str,
-                 backoff: Backoff = Backoff(), grace_s: float = 10.0,
-                 say: Callable[[str], None] = lambda line: print(line, flush=True)) -> None:
+                 env_of: dict[str, dict[str, str]] | None = None, backoff: Backoff = Backoff(),
+                 grace_s: float = 10.0, say: Callable[[str], None] = lambda line: print(line, flush=True)) -> None:
+        """env is every child's environment; env_of[name] adds to it for one child."""
         self._children = {name: Child(name, argv) for name, argv in commands.items()}
         self._env, self._cwd, self._backoff, self._grace = env, cwd, backoff, grace_s
+        self._env_of = env_of or {}
         self._say = say
         self._stopping = threading.Event()
 
@@ -70,7 +72,8 @@ class Supervisor:
             self._spawn(child)
 
     def _spawn(self, child: Child) -> None:
-        child.popen = subprocess.Popen(child.argv, cwd=self._cwd, env=self._env, stdout=subprocess.PIPE,
+        env = {**self._env, **self._env_of.get(child.name, {})}
+        child.popen = subprocess.Popen(child.argv, cwd=self._cwd, env=env, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, process_group=0, preexec_fn=_die_with_parent)
         child.started_at, child.restart_at = time.monotonic(), None
         UP.labels(child.name).set(1)

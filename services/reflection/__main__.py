@@ -1,6 +1,6 @@
 import asyncio
 
-from shared.observability import configure_logging
+from shared.observability import configure_logging, serve_metrics
 from shared.server import run_until_signalled
 from shared.settings import get_settings
 
@@ -10,6 +10,7 @@ from .server import start
 async def main() -> None:
     settings = get_settings()
     configure_logging(level=settings.log_level, json=settings.log_json)
+    serve_metrics(settings.metrics_port)
     running = await start(settings)
     await run_until_signalled(running, grace=settings.shutdown_grace_s)
 

@@ -37,6 +37,9 @@ def configure_logging(*, level: str = "INFO", json: bool = True) -> None:
 
 
 def serve_metrics(port: int) -> None:
-    """Expose /metrics on port (0: disabled)."""
+    """Expose /metrics on port (0: disabled). A port that is taken costs the metrics, not the service."""
     if port:
-        start_http_server(port)
+        try:
+            start_http_server(port)
+        except OSError as exc:
+            structlog.get_logger().warning("no /metrics: the port is taken", port=port, error=str(exc))
