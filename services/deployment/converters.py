@@ -45,6 +45,7 @@ def endpoint_filter(request: pb.ListEndpointsRequest) -> EndpointFilter:
         environment=Environment(environment) if environment else None,
         model_id=str(v.parse_uuid(request.model_id, "modelId")) if request.model_id else None,
         status=EndpointStatus(status) if status else None,
+        name=v.endpoint_name(request.name, "name") if request.name else None,
     )
 
 

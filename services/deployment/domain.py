@@ -97,6 +97,7 @@ class EndpointFilter:
     environment: Environment | None = None
     model_id: str | None = None
     status: EndpointStatus | None = None
+    name: str | None = None
 
 
 @dataclass(frozen=True)

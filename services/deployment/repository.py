@@ -137,6 +137,8 @@ def list_rows(*, session: Session, filters: EndpointFilter, offset: int, limit: 
         statement = statement.where(EndpointRow.model_id == filters.model_id)
     if filters.status:
         statement = statement.where(EndpointRow.status == filters.status)
+    if filters.name:
+        statement = statement.where(EndpointRow.name == filters.name)
     statement = statement.order_by(col(EndpointRow.created_at).desc(), col(EndpointRow.id)).offset(offset).limit(limit)
     return list(session.exec(statement))
 

@@ -29,7 +29,8 @@ class DeploymentServicer(deployment_pb2_grpc.DeploymentServiceServicer):
         endpoints, token = await pagination.fetch_page(
             functools.partial(self._service.list, filters=filters), conv.endpoint_to_proto,
             requested_size=request.page_size, token=request.page_token,
-            query={"environment": request.environment, "modelId": request.model_id, "status": request.status})
+            query={"environment": request.environment, "modelId": request.model_id, "status": request.status,
+                   "name": request.name})
         return pb.ListEndpointsResponse(endpoints=endpoints, next_page_token=token)
 
     async def GetEndpoint(self, request: pb.GetEndpointRequest, context) -> pb.Endpoint:  # noqa: N802
