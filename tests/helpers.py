@@ -287,7 +287,18 @@ class LocalStack:
 
 
 class InferenceStack(LocalStack):
-    """The local stack plus the router, which serves /serve/... through Envoy."""
+    """The local stack plus the router, which serves /serve/... through Envoy, and the experiment
+    service (restartable on a fixed port), which the router follows."""
+
+    def start_experiment(self) -> None:
+        from experiment.server import prepare_database, start
+        self.experiment_engine = prepare_database(self.settings)
+        self.experiment = self.loop_thread.run(start(self.settings, engine=self.experiment_engine,
+                                                     port=self.settings.experiment_port))
+
+    def stop_experiment(self) -> None:
+        self.loop_thread.run(self.experiment.stop(0))
+        self.experiment_engine.dispose()
 
     def start_router(self) -> None:
         from router.server import start

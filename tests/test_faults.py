@@ -28,11 +28,12 @@ import psutil
 import pytest
 import requests
 
+from shared import api
+
 from .helpers import REPO_ROOT, command_line, free_port, program
 
 ADMIN = {"X-User-Id": "admin", "X-User-Roles": "admin"}
 USER = {"X-User-Id": "fault-user", "X-User-Roles": "researcher"}
-SERVICES = ("registry", "deployment", "router", "reflection")
 REQUEST_TIMEOUT_S = 60
 WAIT_S = 180  # for things that are expected to happen (a restart, a rollout), not a speed bound
 
@@ -89,8 +90,8 @@ class Platform:
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory) -> Iterator[Platform]:
     root = tmp_path_factory.mktemp("faults")
-    ports = {name: free_port() for name in ("GATEWAY", "GATEWAY_ADMIN", "REGISTRY", "DEPLOYMENT", "ROUTER",
-                                            "REFLECTION", "SUPERVISOR_METRICS")}
+    services = [c.name.upper() for c in api.components()] + ["REFLECTION"]
+    ports = {name: free_port() for name in ("GATEWAY", "GATEWAY_ADMIN", "SUPERVISOR_METRICS", *services)}
     env = {**os.environ, "LLMOPS_DATABASE_URL": f"sqlite:///{root / 'llmops.db'}",
            "LLMOPS_SERVING_DIR": str(root / "serving"), "LLMOPS_RATE_LIMIT_PER_MINUTE": "0",
            "LLMOPS_RECONCILE_INTERVAL_S": "0.5", "LLMOPS_DRAIN_S": "1", "LLMOPS_LOG_LEVEL": "WARNING",
@@ -320,3 +321,68 @@ def test_deployment_restart_mid_rollout_converges_without_orphans(platform, embe
     assert len(servers) == 2 and len(stubs) == 2
     assert {s.ppid() for s in stubs} == {p.pid for p in servers}  # no stub outlived its server
     assert traffic.failures() == []
+
+
+# ------------------------------------------------------------------ experiment outcomes, exactly once
+
+@pytest.fixture(scope="module")
+def experiment(platform: Platform, chat: dict) -> dict:
+    researcher = {"X-User-Id": "rita", "X-User-Roles": "researcher"}
+    ids = []
+    for content in ("Be brief.", "Be brief and kind."):
+        r = requests.post(f"{platform.api}/prompts/templates", headers=researcher, timeout=30,
+                          json={"name": f"fault-{len(ids)}", "content": content, "modelType": "chat",
+                                "endpoint": "fault-chat"})
+        assert r.status_code == 200, r.text
+        ids.append(r.json()["data"]["id"])
+    r = requests.post(f"{platform.api}/prompts/experiments", headers=researcher, timeout=30,
+                      json={"templateAId": ids[0], "templateBId": ids[1], "allocation": 50, "metric": "latency_ms"})
+    assert r.status_code == 200, r.text
+    e = r.json()["data"]
+    deadline = time.monotonic() + WAIT_S  # until the router applies it
+    while chat_request(platform)().json()["data"].get("experiment", {}).get("id") != e["id"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    return e
+
+
+def outcomes_counted(platform: Platform, experiment_id: str) -> int:
+    r = requests.get(f"{platform.api}/prompts/experiments/{experiment_id}", headers=ADMIN, timeout=30)
+    r.raise_for_status()
+    return sum(int(v.get("count", 0)) for v in r.json()["data"]["variants"])
+
+
+def settled_count(platform: Platform, experiment_id: str, at_least: int) -> int:
+    """The count once every outcome has arrived (it stops changing), waiting for at least `at_least`."""
+    deadline, last, steady_since = time.monotonic() + WAIT_S, -1, time.monotonic()
+    while time.monotonic() < deadline:
+        try:
+            now = outcomes_counted(platform, experiment_id)
+        except requests.RequestException:
+            now = -1  # restarting
+        if now != last:
+            last, steady_since = now, time.monotonic()
+        elif now >= at_least and time.monotonic() - steady_since > 2:
+            return now
+        time.sleep(0.2)
+    return last
+
+
+@pytest.mark.parametrize("name", ["experiment", "router"])
+def test_outcomes_are_counted_once_when_a_process_dies(platform, chat, experiment, name):
+    before = settled_count(platform, experiment["id"], 0)
+    with Traffic(chat_request(platform)) as traffic:
+        traffic.wait_for(10)
+        killed_at = kill_and_wait_restart(platform, name)
+        traffic.wait_for(10, after=time.monotonic())
+    served = [c for c in traffic.calls if c.status == 200]  # every one chosen by the experiment (one user)
+    # An answer that was never sent (the router died with the request in flight) may still have been
+    # journaled; an answer a client got always was, and nothing is counted twice.
+    back = traffic.served_again_at(killed_at)
+    in_flight = [c for c in traffic.failures() if c.started <= back]
+    counted = settled_count(platform, experiment["id"], before + len(served)) - before
+    print(f"\nFAULT kill -9 {name} under experiment traffic: served {len(served)}, counted {counted}, "
+          f"failed {len(traffic.failures())}")
+    assert len(served) <= counted <= len(served) + len(in_flight)
+    if name == "experiment":
+        assert traffic.failures() == [] and counted == len(served)

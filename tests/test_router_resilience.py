@@ -187,6 +187,13 @@ def chat(service: InferenceService, name: str = "chat-model", *, buffered: bool 
                                temperature=None, top_p=None, stop=[], buffered=buffered)
 
 
+async def stream(service: InferenceService, name: str = "chat-model"):  # noqa: ANN201
+    """A chat's chunks as a client reads them."""
+    answer = await chat(service, name)
+    async for chunk in answer.chunks:
+        yield chunk
+
+
 def requests_counted(endpoint: str, kind: str, code: str) -> float:
     return REGISTRY.get_sample_value("llmops_inference_requests_total",
                                      {"endpoint": endpoint, "kind": kind, "code": code}) or 0.0
@@ -232,7 +239,7 @@ def test_deadline_bounds_the_waits_on_the_replica_never_the_callers_code(loop_th
         pool = ReplicaPool()
         service, _, outcomes = inference(pool, routed("chat-model", [address]), timeout_s=timeout_s)
         before = requests_counted("chat-model", "chat", "DEADLINE_EXCEEDED")
-        chunks = chat(service)
+        chunks = stream(service)
 
         async def caller() -> tuple[str, Exception]:
             first = await anext(chunks)
@@ -264,7 +271,7 @@ def test_unexpected_error_is_counted_internal_and_propagates(loop_thread, serve)
         service, _, outcomes = inference(pool, routed("contract-model", [address]))
         before = requests_counted("contract-model", "chat", "INTERNAL")
         with pytest.raises(TypeError):  # the missing counts: a bug, not a domain error
-            await service.collect(chat(service, "contract-model"), "contract-model")
+            await service.collect(await chat(service, "contract-model"), "contract-model")
         assert outcomes.recorded[-1].error == "INTERNAL"
         assert requests_counted("contract-model", "chat", "INTERNAL") == before + 1
         await pool.close()
@@ -321,10 +328,10 @@ def test_clients_of_replicas_that_left_the_route_table_close_once_idle(loop_thre
         _, staying = await triton(serve)
         pool = ReplicaPool(client_factory=RecordingClient)
         service, table, _ = inference(pool, routed("chat-model", [busy, idle, staying]))
-        in_flight = chat(service)
+        in_flight = stream(service)
         assert (await anext(in_flight)).text == "Hello"  # on busy (first of the least loaded)
         assert pool.outstanding(busy) == 1
-        answered = await service.collect(chat(service), "chat-model")  # on idle: busy has one in flight
+        answered = await service.collect(await chat(service), "chat-model")  # on idle: busy has one in flight
         assert answered.text == "Hello world" and pool.outstanding(idle) == 0
 
         table.apply(snapshot(routed("chat-model", [staying])))  # the deployment service replaced two replicas
@@ -354,11 +361,11 @@ def test_chat_is_retried_on_another_replica_when_one_failed_before_the_first_tok
         pool = ReplicaPool()
         service, _, outcomes = inference(pool, routed("chat-model", [broken, address]))
 
-        answer = await service.collect(chat(service), "chat-model")
+        answer = await service.collect(await chat(service), "chat-model")
         assert answer.text == "Hello world" and outcomes.recorded[-1].error == ""
         assert healthy.requests == 1 and pool.cooling(broken)
 
-        await service.collect(chat(service), "chat-model")  # the next request does not try the failed one
+        await service.collect(await chat(service), "chat-model")  # the next request does not try the failed one
         assert healthy.requests == 2
         if failing is not None:
             assert failing.requests == 1
@@ -397,7 +404,7 @@ def test_no_retry_once_the_first_token_was_sent(loop_thread, serve):
         service, _, outcomes = inference(pool, routed("chat-model", [broken, address]))
         received = []
         with pytest.raises(Unavailable) as failed:
-            async for chunk in chat(service):
+            async for chunk in stream(service):
                 received.append(chunk.text)
         assert received == ["Hello"]
         assert "mid-request" in failed.value.message and "is not healthy" in failed.value.message
@@ -414,7 +421,7 @@ def test_a_unary_answer_is_retried_even_after_tokens_since_the_client_saw_none(l
         healthy, address = await triton(serve)
         pool = ReplicaPool()
         service, _, outcomes = inference(pool, routed("chat-model", [broken, address]))
-        generation = await service.collect(chat(service, buffered=True), "chat-model")
+        generation = await service.collect(await chat(service, buffered=True), "chat-model")
         assert generation.text and generation.finish_reason  # the healthy replica's whole answer
         assert (dying.requests, healthy.requests) == (1, 1)
         assert pool.cooling(broken) and outcomes.recorded[-1].error == ""
@@ -433,7 +440,7 @@ def test_a_request_the_model_rejects_is_not_retried(loop_thread, serve):
         with pytest.raises(InvalidArgument):
             await service.embed(actor=ALICE, name="embedding-model", texts=["a"])
         with pytest.raises(InvalidArgument):
-            await service.collect(chat(service), "chat-model")
+            await service.collect(await chat(service), "chat-model")
         assert (rejecting.requests, other.requests) == (2, 0)
         assert not pool.cooling(first)
         await pool.close()
@@ -449,12 +456,12 @@ def test_a_replica_stays_out_of_rotation_only_for_its_cooldown(loop_thread, serv
         healthy, address = await triton(serve)
         pool = ReplicaPool(cooldown_s=5.0, clock=lambda: now[0])
         service, _, _ = inference(pool, routed("chat-model", [broken, address]))
-        await service.collect(chat(service), "chat-model")
+        await service.collect(await chat(service), "chat-model")
         assert pool.cooling(broken) and failing.requests == 1
         failing.behaviour = "answers"  # Triton restarted the model meanwhile
         now[0] += 5.0
         assert not pool.cooling(broken)
-        await service.collect(chat(service), "chat-model")  # least outstanding again: the first listed
+        await service.collect(await chat(service), "chat-model")  # least outstanding again: the first listed
         assert (failing.requests, healthy.requests) == (2, 1)
         await pool.close()
 
@@ -505,16 +512,16 @@ def test_a_full_replica_queue_answers_busy_at_once_instead_of_waiting(loop_threa
         replica, address = await triton(serve, "stalls_after_first_token")
         pool = ReplicaPool()
         service, _, outcomes = inference(pool, routed("chat-model", [address]), queue_limit=2)
-        streams = [chat(service) for _ in range(2)]
+        streams = [stream(service) for _ in range(2)]
         assert [(await anext(s)).text for s in streams] == ["Hello", "Hello"]  # both in flight on the replica
         with pytest.raises(Unavailable) as busy:
-            await anext(chat(service))
+            await anext(stream(service))
         assert busy.value.reason == "ENDPOINT_BUSY" and busy.value.retry_after_s == 1
         assert replica.requests == 2  # the third never reached the replica
         replica.release.set()
-        for stream in streams:
-            assert [c.text async for c in stream] == [" world"]
-        assert [c.text async for c in chat(service)] == ["Hello", " world"]  # room again
+        for in_flight in streams:
+            assert [c.text async for c in in_flight] == [" world"]
+        assert [c.text async for c in stream(service)] == ["Hello", " world"]  # room again
         await pool.close()
 
     loop_thread.run(scenario())
@@ -528,7 +535,7 @@ def test_an_empty_rendered_prompt_is_the_templates_fault_not_the_replicas(loop_t
         endpoint.model.metadata.update({"chat_template": "{% if false %}{{ messages }}{% endif %}   "})
         service, _, _ = inference(pool, endpoint)
         with pytest.raises(InvalidArgument, match="rendered an empty prompt"):
-            await anext(chat(service))
+            await chat(service)  # refused before anything is generated
         assert replica.requests == 0
         await pool.close()
 

@@ -160,7 +160,7 @@ def test_the_api_is_read_from_the_protos():
         "deployment": ("llmops.v1.DeploymentService",), "experiment": ("llmops.v1.ExperimentService",),
         "registry": ("llmops.v1.RegistryService",), "router": ("llmops.v1.InferenceService",)}
     # A component is implemented when its package exists (services/<name>/).
-    assert {c.name for c in api.components()} == {"deployment", "registry", "router"}
+    assert {c.name for c in api.components()} == {"deployment", "experiment", "registry", "router"}
     assert {m.path for m in api.internal_methods()} == {
         "/llmops.v1.DeploymentService/WatchEndpoints", "/llmops.v1.ExperimentService/RecordOutcomes",
         "/llmops.v1.ExperimentService/WatchExperiments"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 CHAT_TEMPLATE = "the model's chat template"
+PROMPT_TEMPLATE = "the experiment's prompt template"
 # Renders run here, not on the event loop nor in its default pool: a slow template delays only other renders.
 _RENDER_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="chat-template")
 # The render stops itself at TEMPLATE_RENDER_SECONDS; this wait only covers time queued behind other renders.
@@ -72,11 +74,21 @@ async def render_chat(metadata: dict[str, Any], messages: list[Message]) -> str:
                               reason="TEMPLATE_ERROR")
     variables = {"messages": [{"role": m.role, "content": m.content} for m in messages],
                  "add_generation_prompt": True}
-    rendering = asyncio.get_running_loop().run_in_executor(_RENDER_POOL, _render_chat_now, source, variables)
+    return await _render_in_pool(_render_chat_now, source, variables, CHAT_TEMPLATE)
+
+
+async def render_prompt_template(source: str, variables: dict[str, Any]) -> str:
+    """An experiment's prompt template: variables the request does not give render as empty."""
+    return await _render_in_pool(_render_prompt_now, source, variables, PROMPT_TEMPLATE)
+
+
+async def _render_in_pool(render: Callable[[str, dict[str, Any]], str], source: str, variables: dict[str, Any],
+                          what: str) -> str:
+    rendering = asyncio.get_running_loop().run_in_executor(_RENDER_POOL, render, source, variables)
     try:
         return await asyncio.wait_for(rendering, RENDER_WAIT_SECONDS)
     except TimeoutError as exc:
-        raise DeadlineExceeded(f"{CHAT_TEMPLATE} did not render within {RENDER_WAIT_SECONDS:g}s; "
+        raise DeadlineExceeded(f"{what} did not render within {RENDER_WAIT_SECONDS:g}s; "
                                "the router is busy rendering, retry", reason="TEMPLATE_RENDER_TIMEOUT") from exc
 
 
@@ -85,10 +97,20 @@ def _render_chat_now(source: str, variables: dict[str, Any]) -> str:
     return render_template(_compiled(source), variables, CHAT_TEMPLATE)
 
 
+def _render_prompt_now(source: str, variables: dict[str, Any]) -> str:
+    return render_template(_compiled_prompt(source), variables, PROMPT_TEMPLATE)
+
+
+# Compiling is the slow part of Jinja2: once per template text, in the worker thread of the first
+# render that needs it. Endpoints and experiments share a handful of template texts.
 @functools.lru_cache(maxsize=256)
 def _compiled(source: str) -> Template:
-    # Compiling is the slow part of Jinja2; endpoints share a handful of template texts.
     return compile_template(source, CHAT_TEMPLATE)
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled_prompt(source: str) -> Template:
+    return compile_template(source, PROMPT_TEMPLATE, lenient=True)
 
 
 def model_stop_words(metadata: dict[str, Any]) -> tuple[str, ...]:

@@ -10,21 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
-import structlog
 from google.protobuf import json_format
 from pydantic import SecretStr
 
 from llmops.v1 import deployment_pb2, deployment_pb2_grpc
-from shared.identity import Identity, service_metadata
 
-log = structlog.get_logger()
-ROUTER_IDENTITY = Identity("svc-router", frozenset({"admin"}))
-WATCH_BACKOFF_MAX_S = 1.0
-# A fresh connection per attempt: channels to one address share a process-wide subchannel whose
-# reconnect backoff (up to 2 minutes) would keep failing new channels fast after the service is back.
-WATCH_CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1), ("grpc.initial_reconnect_backoff_ms", 200),
-                         ("grpc.max_reconnect_backoff_ms", 1000)]
+from .watch import follow_watch, internal_call_metadata
 
 
 @dataclass(frozen=True)
@@ -83,24 +74,7 @@ class RouteTable:
 async def follow(table: RouteTable, *, address: str, environment: str,
                  service_token: SecretStr | None = None) -> None:
     """Keep table in step with the deployment service, forever, reconnecting with backoff."""
-    metadata = ROUTER_IDENTITY.metadata() + service_metadata(service_token and service_token.get_secret_value())
-    backoff = 0.2
-    while True:
-        channel = grpc.aio.insecure_channel(address, options=WATCH_CHANNEL_OPTIONS)
-        try:
-            stub = deployment_pb2_grpc.DeploymentServiceStub(channel)
-            stream = stub.WatchEndpoints(deployment_pb2.WatchEndpointsRequest(environment=environment),
-                                         metadata=metadata)
-            async for event in stream:
-                table.apply(event)
-                backoff = 0.2
-        except grpc.aio.AioRpcError as exc:
-            log.warning("route watch interrupted; serving from cache", code=exc.code().name, retry_in_s=backoff)
-        except Exception:  # noqa: BLE001 - a watcher that dies leaves the table stale forever
-            log.exception("route watch failed; serving from cache", retry_in_s=backoff)
-        finally:
-            await channel.close()  # CancelledError (a BaseException) still propagates after this
-        await asyncio.sleep(backoff)
-        # At most 1 s: a restarted deployment service switches and drains replicas within seconds,
-        # and a table that missed the switch would send work to replicas that are stopping.
-        backoff = min(backoff * 2, WATCH_BACKOFF_MAX_S)
+    request = deployment_pb2.WatchEndpointsRequest(environment=environment)
+    metadata = internal_call_metadata(service_token)
+    await follow_watch(address, lambda channel: deployment_pb2_grpc.DeploymentServiceStub(channel).WatchEndpoints(
+        request, metadata=metadata), table.apply, what="route")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from llmops.v1 import inference_pb2, inference_pb2_grpc
 from shared.server import RunningServer, Servicer, start_server
@@ -11,7 +13,9 @@ from shared.settings import Settings
 
 from .backends import ReplicaPool
 from .limits import RateLimiter
-from .outcomes import OutcomeSink
+from .experiments import ExperimentTable
+from .experiments import follow as follow_experiments
+from .outcomes import OutcomeJournal, OutcomeSink, grpc_delivery, redis_delivery
 from .routes import RouteTable, follow
 from .service import InferenceService
 from .servicer import InferenceServicer
@@ -26,33 +30,51 @@ class Router:
     outcomes: OutcomeSink
     pool: ReplicaPool
     limiter: RateLimiter
-    watcher: asyncio.Task
+    watchers: list[asyncio.Task]
+    experiments: ExperimentTable
 
     async def close(self) -> None:
-        self.watcher.cancel()
+        for watcher in self.watchers:
+            watcher.cancel()
         await self.outcomes.close()
         await self.limiter.close()
         await self.pool.close()
 
 
+def outcome_sink(settings: Settings, port: int) -> OutcomeSink:
+    """Outcomes journaled beside this router (one journal per port) and delivered to Redis when
+    configured, else to the experiment service."""
+    journal = OutcomeJournal(Path(settings.outcome_journal_dir) / f"outcomes-{port or os.getpid()}.log")
+    if settings.redis_url:
+        deliver, close = redis_delivery(settings.redis_url)
+    else:
+        deliver, close = grpc_delivery(f"{settings.host}:{settings.experiment_port}", settings.service_token)
+    return OutcomeSink(journal, deliver, close)
+
+
 async def start(settings: Settings, *, port: int | None = None) -> Router:
-    table, pool = RouteTable(), ReplicaPool()
+    port = settings.router_port if port is None else port
+    table, pool, experiments = RouteTable(), ReplicaPool(), ExperimentTable()
     pool.follow_table(table)
     limiter = RateLimiter(settings.rate_limit_per_minute, settings.redis_url)
-    outcomes = OutcomeSink(settings.redis_url)
+    outcomes = outcome_sink(settings, port)
     outcomes.start()
-    watcher = asyncio.create_task(follow(table, address=f"{settings.host}:{settings.deployment_port}",
-                                         environment=settings.environment, service_token=settings.service_token),
-                                  name="route-watch")
+    watchers = [
+        asyncio.create_task(follow(table, address=f"{settings.host}:{settings.deployment_port}",
+                                   environment=settings.environment, service_token=settings.service_token),
+                            name="route-watch"),
+        asyncio.create_task(follow_experiments(experiments, address=f"{settings.host}:{settings.experiment_port}",
+                                               service_token=settings.service_token), name="experiment-watch"),
+    ]
     service = InferenceService(table=table, pool=pool, limiter=limiter, outcomes=outcomes,
                                timeout_s=settings.router_request_timeout_s,
                                max_output_tokens=settings.max_output_tokens,
-                               queue_limit=settings.router_queue_per_replica)
+                               queue_limit=settings.router_queue_per_replica, experiments=experiments)
     running = await start_server(
         service="router",
         servicers=[Servicer(inference_pb2_grpc.add_InferenceServiceServicer_to_server,
                             InferenceServicer(service), SERVICE_NAME)],
-        address=f"{settings.host}:{settings.router_port if port is None else port}",
+        address=f"{settings.host}:{port}",
         service_token=settings.service_token,
     )
-    return Router(running, table, outcomes, pool, limiter, watcher)
+    return Router(running, table, outcomes, pool, limiter, watchers, experiments)

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import structlog
@@ -20,9 +20,10 @@ from shared.identity import Identity, current_request_id
 from shared.model_limits import CHARS_PER_TOKEN_BOUND, EmbeddingLimits, context_length
 
 from .backends import Chunk, ReplicaFailure, ReplicaPool, Sampling
+from .experiments import Assignment, ExperimentTable
 from .limits import RateLimiter
 from .outcomes import Outcome, OutcomeSink
-from .prompting import Message, check_messages, check_sampling, model_stop_words, render_chat
+from .prompting import Message, check_messages, check_sampling, model_stop_words, render_chat, render_prompt_template
 from .routes import Route, RouteTable
 
 log = structlog.get_logger()
@@ -48,6 +49,20 @@ class Generation:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    experiment: Assignment | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A generation about to run: its chunks, and the experiment that chose its prompt, if any."""
+
+    chunks: AsyncIterator[Chunk]
+    experiment: Assignment | None
+
+
+def experiment_fields(assignment: Assignment) -> dict[str, str]:
+    return {"experiment_id": assignment.experiment_id, "variant": assignment.variant,
+            "template_id": assignment.template_id}
 
 
 @dataclass(frozen=True)
@@ -75,8 +90,10 @@ class HealthReport:
 
 class InferenceService:
     def __init__(self, *, table: RouteTable, pool: ReplicaPool, limiter: RateLimiter, outcomes: OutcomeSink,
-                 timeout_s: float, max_output_tokens: int, queue_limit: int = 8) -> None:
+                 timeout_s: float, max_output_tokens: int, queue_limit: int = 8,
+                 experiments: ExperimentTable | None = None) -> None:
         self._table = table
+        self._experiments = experiments or ExperimentTable()
         self._pool = pool
         self._limiter = limiter
         self._outcomes = outcomes
@@ -88,38 +105,57 @@ class InferenceService:
 
     async def chat_stream(self, *, actor: Identity, name: str, messages: list[Message], max_tokens: int | None,
                           temperature: float | None, top_p: float | None, stop: list[str],
-                          buffered: bool = False) -> AsyncIterator[Chunk]:
-        """The answer's chunks as they come; buffered (a unary call): all at once at the end, so a
-        replica that fails mid-generation is retried on another, the client having seen nothing."""
+                          variables: dict[str, Any] | None = None, buffered: bool = False) -> Answer:
+        """Check and render now (errors before any chunk); the answer's chunks come as generated, or,
+        buffered (a unary call), all at once at the end, so that a replica that fails mid-generation
+        is retried on another, the client having seen nothing."""
         route = await self._route(name, kinds=("chat", "completion"))
-        prompt = await render_chat(route.metadata, check_messages(messages))
+        messages = check_messages(messages)
+        assignment = self._experiments.assign(route.name, actor.user_id, "chat")
+        if assignment is not None:  # the experiment's template is the system prompt
+            system = await render_prompt_template(assignment.template, {
+                **(variables or {}), "system": "\n".join(m.content for m in messages if m.role == "system"),
+                "user_message": next((m.content for m in reversed(messages) if m.role == "user"), ""),
+                "messages": [{"role": m.role, "content": m.content} for m in messages],
+                "user": actor.user_id, "endpoint": route.name})
+            messages = [*([Message("system", system)] if system.strip() else []),
+                        *(m for m in messages if m.role != "system")]
+        prompt = await render_chat(route.metadata, messages)
         if not prompt.strip():  # nothing for the model to continue: the template's doing, not the replica's
             raise InvalidArgument(f"the chat template of endpoint {name} rendered an empty prompt for these "
                                   "messages", reason="EMPTY_PROMPT")
         check_prompt_length(route, prompt)
         sampling = self._sampling(route, max_tokens, temperature, top_p, stop)
-        async for chunk in self._generate(actor, route, prompt, sampling, kind="chat", buffered=buffered):
-            yield chunk
+        return Answer(self._generate(actor, route, prompt, sampling, kind="chat", buffered=buffered,
+                                     assignment=assignment), assignment)
 
     async def complete_stream(self, *, actor: Identity, name: str, prompt: str, max_tokens: int | None,
                               temperature: float | None, top_p: float | None, stop: list[str],
-                              buffered: bool = False) -> AsyncIterator[Chunk]:
+                              variables: dict[str, Any] | None = None, buffered: bool = False) -> Answer:
         route = await self._route(name, kinds=("chat", "completion"))
         if not prompt.strip():
             raise InvalidArgument("prompt must not be empty", reason="EMPTY_INPUT")
+        assignment = self._experiments.assign(route.name, actor.user_id, "completion")
+        if assignment is not None:  # the experiment's template wraps the prompt
+            prompt = await render_prompt_template(assignment.template, {
+                **(variables or {}), "prompt": prompt, "user": actor.user_id, "endpoint": route.name})
+            if not prompt.strip():
+                raise InvalidArgument(f"the experiment's prompt template rendered an empty prompt on endpoint "
+                                      f"{name}", reason="EMPTY_PROMPT")
         check_prompt_length(route, prompt)
         sampling = self._sampling(route, max_tokens, temperature, top_p, stop)
-        async for chunk in self._generate(actor, route, prompt, sampling, kind="completion", buffered=buffered):
-            yield chunk
+        return Answer(self._generate(actor, route, prompt, sampling, kind="completion", buffered=buffered,
+                                     assignment=assignment), assignment)
 
-    async def collect(self, chunks: AsyncIterator[Chunk], name: str) -> Generation:
+    async def collect(self, answer: Answer, name: str) -> Generation:
         text, last = [], Chunk("")
-        async for chunk in chunks:
+        async for chunk in answer.chunks:
             text.append(chunk.text)
             last = chunk
         return Generation(id=f"chatcmpl-{current_request_id() or uuid.uuid4()}", created=int(time.time()),
                           model=name, text="".join(text), finish_reason=last.finish_reason,
-                          prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens)
+                          prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens,
+                          experiment=answer.experiment)
 
     def _sampling(self, route: Route, max_tokens, temperature, top_p, stop) -> Sampling:  # noqa: ANN001
         limit = min(self._max_output, context_length(route.metadata))
@@ -129,10 +165,10 @@ class InferenceService:
         return Sampling(max_tokens, temperature, top_p, stop_words + model_stop_words(route.metadata))
 
     async def _generate(self, actor: Identity, route: Route, prompt: str, sampling: Sampling, *,
-                        kind: str, buffered: bool) -> AsyncIterator[Chunk]:
+                        kind: str, buffered: bool, assignment: Assignment | None) -> AsyncIterator[Chunk]:
         await self._limiter.check(actor.user_id)
         request_id = current_request_id() or str(uuid.uuid4())
-        async with self._accounted(actor, route, kind) as call:
+        async with self._accounted(actor, route, kind, assignment) as call:
             deadline, sent, failure = self._deadline(), False, None
             for address in self._replicas(route):
                 chunks = self._pool.generate(address, route.triton_model, prompt, sampling, request_id)
@@ -218,9 +254,11 @@ class InferenceService:
                                    reason="UPSTREAM_TIMEOUT") from exc
 
     @contextlib.asynccontextmanager
-    async def _accounted(self, actor: Identity, route: Route, kind: str) -> AsyncIterator[_Call]:
-        """Metrics and the outcome record of one request, whatever way it ends."""
-        call, started, code = _Call(), time.perf_counter(), "OK"
+    async def _accounted(self, actor: Identity, route: Route, kind: str,
+                         assignment: Assignment | None = None) -> AsyncIterator[_Call]:
+        """Metrics and the outcome record of one request, whatever way it ends; the outcome counts
+        for the experiment when a running one chose the prompt."""
+        call, started, code, at = _Call(), time.perf_counter(), "OK", time.time()
         try:
             yield call
         except DomainError as exc:
@@ -245,7 +283,8 @@ class InferenceService:
                 request_id=current_request_id(), endpoint=route.name, route=f"/llm-ops/v1/serve/{route.name}",
                 user=actor.user_id, kind=kind, latency_ms=round(elapsed * 1000, 2),
                 prompt_tokens=call.prompt_tokens, completion_tokens=call.completion_tokens,
-                error="" if code == "OK" else code))
+                error="" if code == "OK" else code, at=at,
+                **(experiment_fields(assignment) if assignment is not None and assignment.running else {})))
 
     async def health(self, *, name: str) -> HealthReport:
         route = await self._route(name, kinds=None)

@@ -6,6 +6,7 @@ one structured log line and metrics per call."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +27,14 @@ log = structlog.get_logger()
 
 ERROR_DOMAIN = "llmops.dev"
 MESSAGE_KEY = "x-llmops-message"
+_response_metadata: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar(
+    "response_metadata", default=())
+
+
+def add_response_metadata(*pairs: tuple[str, str]) -> None:
+    """Initial metadata (HTTP response headers through the gateway) for the unary call being
+    handled; sent with the envelope message, since a call sends its initial metadata only once."""
+    _response_metadata.set(_response_metadata.get() + pairs)
 
 
 def _status_details(code: grpc.StatusCode, message: str, reason: str) -> tuple[tuple[str, bytes], ...]:
@@ -123,6 +132,7 @@ class _Call:
         self.platform_process = ident.service_credential_ok(metadata, self.owner._service_token)
         self.request_id = metadata.get(ident.REQUEST_ID_KEY) or str(uuid.uuid4())
         ident.bind(self.identity, self.request_id)
+        _response_metadata.set(())
         structlog.contextvars.bind_contextvars(request_id=self.request_id, user=self.identity.user_id)
         return self
 
@@ -132,8 +142,11 @@ class _Call:
         self.rule = self.owner._table.check(self.method, self.identity, platform_process=self.platform_process)
 
     async def send_envelope_message(self) -> None:
+        extra = _response_metadata.get()
         if self.rule is not None and not self.rule.raw_response:
-            await self.context.send_initial_metadata(((MESSAGE_KEY, self.rule.success_message),))
+            await self.context.send_initial_metadata(((MESSAGE_KEY, self.rule.success_message), *extra))
+        elif extra:
+            await self.context.send_initial_metadata(extra)
 
     async def __aexit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> bool:
         code = grpc.StatusCode.OK

@@ -85,6 +85,17 @@ class Settings(BaseSettings):
         default=8, ge=1, description="Requests in flight per replica (one generates, the rest queue in Triton); "
                                      "beyond it a request is answered 503 with Retry-After at once.")
 
+    # Experiments (experiment service and router)
+    experiment_alpha: float = Field(default=0.05, gt=0, lt=1, description="Significance level of the A/B tests.")
+    experiment_min_samples: int = Field(default=30, ge=2, description="Observations per variant before any "
+                                                                     "recommendation.")
+    experiment_sequential_tuning: float = Field(
+        default=5000.0, gt=0, description="Sample size the anytime-valid confidence sequence is tightest at "
+                                          "(GrowthBook's default); any size stays valid.")
+    outcome_journal_dir: Path = Field(
+        default=REPO_ROOT / "var" / "router", description="Router: where experiment outcomes wait until the "
+                                                          "experiment service (or Redis) has them; survives restarts.")
+
     environment: Literal["dev", "stg", "prod"] = Field(default="dev", description="Environment this gateway serves.")
     log_level: str = "INFO"
     log_json: bool = Field(default=True, description="JSON log lines (false: console format).")

@@ -1,0 +1,5 @@
+import asyncio
+
+from .server import main
+
+asyncio.run(main())

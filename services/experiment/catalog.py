@@ -1,0 +1,61 @@
+"""The registry and the deployment service, as the experiment service sees them:
+prompt templates, and the model type of the endpoint an experiment runs on.
+Asked over gRPC with the caller's identity."""
+
+from __future__ import annotations
+
+import grpc
+
+from llmops.v1 import deployment_pb2, deployment_pb2_grpc, registry_pb2, registry_pb2_grpc
+from shared.errors import InvalidArgument, NotFound, Unavailable
+from shared.identity import Identity
+
+from .domain import TemplateRef
+
+
+def _unavailable(what: str, exc: grpc.aio.AioRpcError) -> Unavailable:
+    return Unavailable(f"the {what} is unavailable ({exc.code().name}); try again", reason=f"{what.upper()}_UNAVAILABLE")
+
+
+class Catalog:
+    def __init__(self, *, registry_address: str, deployment_address: str, environment: str,
+                 timeout_s: float = 10.0) -> None:
+        self._channels = [grpc.aio.insecure_channel(registry_address), grpc.aio.insecure_channel(deployment_address)]
+        self._registry = registry_pb2_grpc.RegistryServiceStub(self._channels[0])
+        self._deployment = deployment_pb2_grpc.DeploymentServiceStub(self._channels[1])
+        self._environment = environment
+        self._timeout = timeout_s
+
+    async def template(self, template_id: str, field: str, *, actor: Identity) -> TemplateRef:
+        try:
+            t = await self._registry.GetPromptTemplate(registry_pb2.GetPromptTemplateRequest(id=template_id),
+                                                       metadata=actor.metadata(), timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(f"{field}: prompt template {template_id} not found", reason="TEMPLATE_NOT_FOUND") from exc
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidArgument(f"{field}: {exc.details()}", reason="INVALID_TEMPLATE_ID") from exc
+            raise _unavailable("registry", exc) from exc
+        return TemplateRef(id=t.id, name=t.name, content=t.content, model_type=t.model_type, endpoint=t.endpoint)
+
+    async def endpoint_model_type(self, name: str, *, actor: Identity) -> str:
+        """The type of the model the live endpoint `name` of this environment serves."""
+        try:
+            found = await self._deployment.ListEndpoints(
+                deployment_pb2.ListEndpointsRequest(environment=self._environment, name=name, page_size=1),
+                metadata=actor.metadata(), timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _unavailable("deployment service", exc) from exc
+        if not found.endpoints:
+            raise NotFound(f"no serving endpoint named {name!r} in {self._environment}; deploy it first",
+                           reason="ENDPOINT_NOT_FOUND")
+        try:
+            model = await self._registry.GetModel(registry_pb2.GetModelRequest(id=found.endpoints[0].model_id),
+                                                  metadata=actor.metadata(), timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _unavailable("registry", exc) from exc
+        return model.type
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()
