@@ -67,14 +67,19 @@ def check_sampling(*, max_tokens: int | None, temperature: float | None, top_p: 
     return max_tokens, temperature, top_p, tuple(stop)
 
 
-async def render_chat(metadata: dict[str, Any], messages: list[Message]) -> str:
+async def render_chat(metadata: dict[str, Any], messages: list[Message], *, system_template: str | None = None,
+                      template_variables: dict[str, Any] | None = None) -> str:
+    """The model's prompt for a chat. With system_template (an experiment's), that template, rendered
+    with template_variables, replaces the caller's system messages; both render in one trip to the pool."""
     source = metadata.get("chat_template") or DEFAULT_CHAT_TEMPLATE
     if not isinstance(source, str):  # registered before the registry checked metadata
         raise InvalidArgument(f"{CHAT_TEMPLATE} is not a string; register a new model version with a valid one",
                               reason="TEMPLATE_ERROR")
     variables = {"messages": [{"role": m.role, "content": m.content} for m in messages],
                  "add_generation_prompt": True}
-    return await _render_in_pool(_render_chat_now, source, variables, CHAT_TEMPLATE)
+    render = _render_chat_now if system_template is None else functools.partial(
+        _render_with_system_now, system_template, template_variables or {})
+    return await _render_in_pool(render, source, variables, CHAT_TEMPLATE)
 
 
 async def render_prompt_template(source: str, variables: dict[str, Any]) -> str:
@@ -95,6 +100,14 @@ async def _render_in_pool(render: Callable[[str, dict[str, Any]], str], source: 
 def _render_chat_now(source: str, variables: dict[str, Any]) -> str:
     """In a worker thread: compile (cached) and render within the sandbox's bounds."""
     return render_template(_compiled(source), variables, CHAT_TEMPLATE)
+
+
+def _render_with_system_now(system_source: str, system_variables: dict[str, Any], source: str,
+                            variables: dict[str, Any]) -> str:
+    system = _render_prompt_now(system_source, system_variables)
+    kept = [m for m in variables["messages"] if m["role"] != "system"]
+    messages = [{"role": "system", "content": system}, *kept] if system.strip() else kept
+    return _render_chat_now(source, {**variables, "messages": messages})
 
 
 def _render_prompt_now(source: str, variables: dict[str, Any]) -> str:

@@ -112,15 +112,15 @@ class InferenceService:
         route = await self._route(name, kinds=("chat", "completion"))
         messages = check_messages(messages)
         assignment = self._experiments.assign(route.name, actor.user_id, "chat")
+        template_variables = None
         if assignment is not None:  # the experiment's template is the system prompt
-            system = await render_prompt_template(assignment.template, {
+            template_variables = {
                 **(variables or {}), "system": "\n".join(m.content for m in messages if m.role == "system"),
                 "user_message": next((m.content for m in reversed(messages) if m.role == "user"), ""),
                 "messages": [{"role": m.role, "content": m.content} for m in messages],
-                "user": actor.user_id, "endpoint": route.name})
-            messages = [*([Message("system", system)] if system.strip() else []),
-                        *(m for m in messages if m.role != "system")]
-        prompt = await render_chat(route.metadata, messages)
+                "user": actor.user_id, "endpoint": route.name}
+        prompt = await render_chat(route.metadata, messages, system_template=assignment and assignment.template,
+                                   template_variables=template_variables)
         if not prompt.strip():  # nothing for the model to continue: the template's doing, not the replica's
             raise InvalidArgument(f"the chat template of endpoint {name} rendered an empty prompt for these "
                                   "messages", reason="EMPTY_PROMPT")
