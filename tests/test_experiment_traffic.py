@@ -46,7 +46,7 @@ def counted(infer, experiment_id: str) -> int:
 
 def wait_counted(infer, experiment_id: str, expected: int) -> int:
     deadline = time.monotonic() + WAIT_S
-    while (seen := counted(infer, experiment_id)) < expected and time.monotonic() < deadline:
+    while counted(infer, experiment_id) < expected and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(0.5)  # and nothing more arrives after that (a duplicate would)
     return counted(infer, experiment_id)

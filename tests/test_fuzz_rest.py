@@ -21,7 +21,7 @@ from sqlalchemy import inspect, text
 
 from shared import api
 
-from .helpers import ADMIN, approved_model, assert_envelope, deploy, deploy_body, wait_status
+from .helpers import approved_model, assert_envelope, deploy, deploy_body, wait_status
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))  # per route; FUZZ_EXAMPLES=1000 for a long hunt
 ROLES = ["admin", "operator", "reviewer", "researcher", "viewer"]
