@@ -56,7 +56,8 @@ def experiment(kind: str = "chat", status: str = "running", allocation: int = 50
         template_a_content=a, template_b_content=b)
 
 
-def service_with(*active: experiment_pb2.ActiveExperiment) -> tuple[InferenceService, RecordingPool, Outcomes]:
+def service_with(*active: experiment_pb2.ActiveExperiment,
+                 limiter: RateLimiter | None = None) -> tuple[InferenceService, RecordingPool, Outcomes]:
     model = deployment_pb2.RevisionModel(name="m", version="1", type="chat")
     model.metadata.update({"chat_template": CHATML})
     table = RouteTable()
@@ -67,7 +68,7 @@ def service_with(*active: experiment_pb2.ActiveExperiment) -> tuple[InferenceSer
     experiments = ExperimentTable()
     experiments.apply(experiment_pb2.WatchExperimentsResponse(kind="snapshot", experiments=list(active)))
     pool, outcomes = RecordingPool(), Outcomes()
-    service = InferenceService(table=table, pool=pool, limiter=RateLimiter(0), outcomes=outcomes, timeout_s=10,
+    service = InferenceService(table=table, pool=pool, limiter=limiter or RateLimiter(0), outcomes=outcomes, timeout_s=10,
                                max_output_tokens=16, experiments=experiments)
     return service, pool, outcomes
 
@@ -135,3 +136,32 @@ async def test_a_template_that_fails_is_a_400_and_an_empty_one_adds_no_system_pr
     else:
         await chat(service, "anyone", [Message("user", "Hi")])
         assert "system" not in pool.prompts[0]
+
+
+class RecordingContext:
+    def __init__(self) -> None:
+        self.initial_metadata: list[tuple] = []
+
+    async def send_initial_metadata(self, metadata) -> None:  # noqa: ANN001
+        self.initial_metadata.append(tuple(metadata))
+
+
+async def test_a_stream_says_its_variant_with_its_first_chunk_so_an_earlier_error_keeps_its_status():
+    from llmops.v1 import inference_pb2
+    from router.servicer import InferenceServicer
+    from shared.errors import RateLimited
+    from shared.identity import bind
+
+    service, _, _ = service_with(experiment(allocation=100), limiter=RateLimiter(1))
+    servicer, request = InferenceServicer(service), inference_pb2.ChatStreamRequest(request=inference_pb2.ChatRequest(
+        name="chat-model", messages=[inference_pb2.ChatMessage(role="user", content="Hi")], max_tokens=1))
+    bind(Identity("streamer"), "req-1")
+    answered = RecordingContext()
+    chunks = [c async for c in servicer.ChatStream(request, answered)]
+    assert chunks[0].experiment.variant == "B"
+    assert answered.initial_metadata == [(("x-llmops-experiment-id", "exp-1"), ("x-llmops-experiment-variant", "B"),
+                                          ("x-llmops-experiment-template-id", "tb"))]
+    limited = RecordingContext()
+    with pytest.raises(RateLimited):  # the second request of the minute: no headers went out before the 429
+        [c async for c in servicer.ChatStream(request, limited)]
+    assert limited.initial_metadata == []

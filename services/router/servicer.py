@@ -93,10 +93,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         inner = request.request
         stream_id, created, first = f"chatcmpl-{current_request_id() or uuid.uuid4()}", int(time.time()), True
         answer = await self._chat_answer(inner)
-        if answer.experiment is not None:  # before the first chunk: headers of the event stream
-            await context.send_initial_metadata(_experiment_headers(answer.experiment))
-        experiment = _experiment(answer.experiment)
+        experiment, headers = _experiment(answer.experiment), _experiment_headers(answer.experiment)
         async for chunk in answer.chunks:
+            if headers:  # with the first chunk: an error before it (429, 503) still gets its own status
+                await context.send_initial_metadata(headers)
+                headers = ()
             if not chunk.text and not chunk.final and not first:
                 continue
             delta = pb.ChatDelta(role="assistant" if first else "", content=chunk.text)
@@ -119,10 +120,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         inner = request.request
         stream_id, created = f"cmpl-{current_request_id() or uuid.uuid4()}", int(time.time())
         answer = await self._completion_answer(inner)
-        if answer.experiment is not None:
-            await context.send_initial_metadata(_experiment_headers(answer.experiment))
-        experiment = _experiment(answer.experiment)
+        experiment, headers = _experiment(answer.experiment), _experiment_headers(answer.experiment)
         async for chunk in answer.chunks:
+            if headers:
+                await context.send_initial_metadata(headers)
+                headers = ()
             if not chunk.text and not chunk.final:
                 continue
             yield pb.CompleteStreamResponse(
