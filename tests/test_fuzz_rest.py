@@ -213,7 +213,7 @@ def test_inference_routes_answer_any_input_with_a_4xx_envelope(infer, route):
            name=path_values(["chat-model", "embedding-model"]))
     def fuzz(headers, body, query, name):
         response = requests.request(
-            route.verb, url_for(infer.gateway.url, route, {"name": name}), params=query,
+            route.verb, url_for(infer.gateway.url, route, {"name": name, "model": name}), params=query,
             data=body.encode("utf-8", "surrogatepass") if route.body else None,
             headers={**headers, "Content-Type": "application/json"}, timeout=120)
         check_answer(route, response)

@@ -5,6 +5,7 @@ limits, and the router's resilience."""
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 import numpy as np
 import pytest
@@ -180,9 +181,21 @@ def test_openai_client_embeddings(openai_client):
     assert [len(d.embedding) for d in result.data] == [384, 384]
 
 
-def test_openai_client_models(openai_client):
-    ids = {m.id for m in openai_client.models.list()}
-    assert {"chat-model", "embedding-model"} <= ids
+def test_openai_client_models(openai_client, infer):
+    models = {m.id: m for m in openai_client.models.list()}
+    assert {"chat-model", "embedding-model"} <= set(models)
+    deployed = int(datetime.fromisoformat(infer.chat["createdAt"].replace("Z", "+00:00")).timestamp())
+    assert models["chat-model"].created == deployed and models["chat-model"].owned_by
+    one = openai_client.models.retrieve("chat-model")
+    assert (one.id, one.object, one.created, one.owned_by) == ("chat-model", "model", deployed,
+                                                              models["chat-model"].owned_by)
+
+
+def test_openai_client_unknown_model_retrieved_is_a_404(openai_client):
+    import openai
+    with pytest.raises(openai.NotFoundError) as missing:
+        openai_client.models.retrieve("nope")
+    assert "no serving endpoint named 'nope'" in missing.value.body["message"]
 
 
 def test_openai_client_unknown_model_is_a_404(openai_client):

@@ -30,6 +30,7 @@ class Route:
     metadata: dict[str, Any]
     triton_model: str
     replicas: tuple[str, ...]  # grpc addresses of ready replicas
+    created: int = 0  # when the endpoint was deployed, Unix seconds
 
 
 def route_from_proto(routed: deployment_pb2.RoutedEndpoint) -> Route:
@@ -39,6 +40,7 @@ def route_from_proto(routed: deployment_pb2.RoutedEndpoint) -> Route:
         model_type=routed.model.type, metadata=json_format.MessageToDict(routed.model.metadata),
         triton_model=routed.triton_model,
         replicas=tuple(r.grpc_address for r in routed.replicas if r.ready),
+        created=routed.endpoint.created_at.seconds,
     )
 
 

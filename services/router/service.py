@@ -300,6 +300,9 @@ class InferenceService:
         await self._synced()
         return sorted(self._table.routes.values(), key=lambda r: r.name)
 
+    async def served_model(self, *, name: str) -> Route:
+        return await self._route(name, kinds=None)
+
     # routes --------------------------------------------------------------------------------------------------
 
     async def _synced(self) -> None:

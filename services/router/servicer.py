@@ -16,6 +16,7 @@ from shared.timeutil import to_timestamp, utcnow
 
 from .experiments import Assignment
 from .prompting import Message
+from .routes import Route
 from .service import Answer, Generation, InferenceService
 
 
@@ -59,6 +60,10 @@ def _experiment(assignment: Assignment | None) -> pb.ExperimentAssignment | None
         return None
     return pb.ExperimentAssignment(id=assignment.experiment_id, variant=assignment.variant,
                                    template_id=assignment.template_id)
+
+
+def _served_model(route: Route) -> pb.ServedModel:
+    return pb.ServedModel(id=route.name, object="model", created=route.created, owned_by=route.model_name)
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
@@ -149,5 +154,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     async def ListServedModels(self, request, context) -> pb.ListServedModelsResponse:  # noqa: N802, ANN001
         routes = await self._service.served()
-        return pb.ListServedModelsResponse(object="list", data=[
-            pb.ServedModel(id=r.name, object="model", created=0, owned_by=r.model_name) for r in routes])
+        return pb.ListServedModelsResponse(object="list", data=[_served_model(r) for r in routes])
+
+    async def GetServedModel(self, request: pb.GetServedModelRequest, context) -> pb.ServedModel:  # noqa: N802
+        return _served_model(await self._service.served_model(name=request.model))
