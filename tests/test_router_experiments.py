@@ -165,3 +165,22 @@ async def test_a_stream_says_its_variant_with_its_first_chunk_so_an_earlier_erro
     with pytest.raises(RateLimited):  # the second request of the minute: no headers went out before the 429
         [c async for c in servicer.ChatStream(request, limited)]
     assert limited.initial_metadata == []
+
+
+async def test_right_after_start_a_request_waits_for_the_experiments_and_later_never():
+    import asyncio
+
+    service, pool, _ = service_with()
+    table = service._experiments
+    table.synced.clear()  # a router just started: no snapshot yet
+    table.by_endpoint = {}
+    asyncio.get_running_loop().call_later(0.1, table.apply, experiment_pb2.WatchExperimentsResponse(
+        kind="snapshot", experiments=[experiment(allocation=100)]))
+    generation = await chat(service, "early", [Message("user", "Hi")])
+    assert generation.experiment is not None and generation.experiment.variant == "B"
+
+    later, _, _ = service_with()
+    later._experiments.synced.clear()
+    later._experiments.created -= 10  # started long ago, the experiment service still unreachable
+    generation = await asyncio.wait_for(chat(later, "late", [Message("user", "Hi")]), 1)
+    assert generation.experiment is None

@@ -6,7 +6,9 @@ assignment of a user to a variant. No request asks the experiment service anythi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import time
 from dataclasses import dataclass, field
 
 from pydantic import SecretStr
@@ -57,10 +59,24 @@ def active_from_proto(active: experiment_pb2.ActiveExperiment) -> ActiveExperime
                             templates=templates, winner=winner)
 
 
+# Right after the router starts, a request waits this long at most for the first snapshot, so that a
+# restarted router does not serve its first requests without the experiment running on their endpoint.
+SYNC_GRACE_S = 2.0
+
+
 @dataclass
 class ExperimentTable:
     by_endpoint: dict[str, ActiveExperiment] = field(default_factory=dict)
     synced: asyncio.Event = field(default_factory=asyncio.Event)
+    created: float = field(default_factory=time.monotonic)
+
+    async def wait_synced(self, grace_s: float = SYNC_GRACE_S) -> None:
+        """Until the first snapshot, but never past grace_s after the table was made: an experiment
+        service that is down at the router's start costs the first requests a wait, not every one."""
+        left = self.created + grace_s - time.monotonic()
+        if left > 0 and not self.synced.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.synced.wait(), left)
 
     def assign(self, endpoint: str, user_id: str, kind: str) -> Assignment | None:
         """The prompt of a chat or completion request: only an experiment of that kind chooses it."""

@@ -111,6 +111,7 @@ class InferenceService:
         is retried on another, the client having seen nothing."""
         route = await self._route(name, kinds=("chat", "completion"))
         messages = check_messages(messages)
+        await self._experiments.wait_synced()
         assignment = self._experiments.assign(route.name, actor.user_id, "chat")
         template_variables = None
         if assignment is not None:  # the experiment's template is the system prompt
@@ -135,6 +136,7 @@ class InferenceService:
         route = await self._route(name, kinds=("chat", "completion"))
         if not prompt.strip():
             raise InvalidArgument("prompt must not be empty", reason="EMPTY_INPUT")
+        await self._experiments.wait_synced()
         assignment = self._experiments.assign(route.name, actor.user_id, "completion")
         if assignment is not None:  # the experiment's template wraps the prompt
             prompt = await render_prompt_template(assignment.template, {
