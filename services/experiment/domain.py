@@ -145,14 +145,12 @@ def check_wraps_prompt(template: TemplateRef, field: str) -> None:
                               "{{ prompt }} (it wraps the caller's prompt)", reason="TEMPLATE_MISSES_PROMPT")
 
 
-def check_conclusion(experiment: Experiment, winner_template_id: str) -> str:
+def check_conclusion(experiment: Experiment, winner_template_id: str) -> None:
     if experiment.status == ExperimentStatus.CONCLUDED:
         raise FailedPrecondition(f"experiment {experiment.id} was already concluded "
                                  f"({experiment.concluded_at:%Y-%m-%d %H:%M} UTC by {experiment.concluded_by})",
                                  reason="ALREADY_CONCLUDED")
-    variant = experiment.variant_of(winner_template_id)
-    if variant is None:
+    if experiment.variant_of(winner_template_id) is None:
         raise InvalidArgument(f"winnerTemplateId must be templateAId ({experiment.template_a_id}) or templateBId "
                               f"({experiment.template_b_id}) of this experiment; got {winner_template_id[:64]}",
                               reason="WINNER_NOT_IN_EXPERIMENT")
-    return variant

@@ -152,7 +152,3 @@ def set_feedback(*, session: Session, request_id: str, score: float) -> None:
     session.execute(update(OutcomeRow).where(col(OutcomeRow.request_id) == request_id)
                     .values(feedback_score=score, feedback_at=utcnow()))
 
-
-def count_outcomes(*, session: Session, experiment_id: uuid.UUID) -> int:
-    return session.exec(select(func.count()).where(OutcomeRow.experiment_id == experiment_id)).one()
-
