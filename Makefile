@@ -9,7 +9,7 @@ SITE := $(VENV)/lib/python3.11/site-packages
 RPC_PROTOS := google/rpc/status.proto google/rpc/error_details.proto
 GEN := services/llmops/v1
 
-.PHONY: up test proto lint breaking stubs clean install llama-check
+.PHONY: up test bench bench-quick proto lint breaking stubs clean install llama-check
 
 ## up: install, generate, start every service and Envoy in the foreground (Ctrl-C stops all)
 up: install llama-check proto
@@ -19,7 +19,21 @@ up: install llama-check proto
 test: install llama-check proto
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+## bench: start the platform and its baselines, measure every scenario, print the table (docs/performance.md)
+bench: install llama-check proto $(VENV)/.bench-installed
+	$(PY) -m bench.peer
+	$(PY) -m bench $(BENCH_ARGS)
+
+## bench-quick: every scenario for a second each (CI: it fails only if a scenario gave no numbers)
+bench-quick: install llama-check proto $(VENV)/.bench-installed
+	$(PY) -m bench.peer
+	$(PY) -m bench --quick --out build/bench-quick
+
 install: $(VENV)/.installed node_modules/.installed
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet '.[bench]'
+	touch $@
 
 # llama-cpp-python first, from our portable wheel: otherwise pip builds it -march=native.
 $(VENV)/.installed: pyproject.toml deploy/scripts/llama_build.py
@@ -43,7 +57,7 @@ proto: $(GEN)/.stamp build/api_descriptor.pb lint
 build/proto-deps/.stamp: $(VENV)/.installed
 	mkdir -p build/proto-deps/google/api build/proto-deps/google/rpc
 	cp $(SITE)/google/api/annotations.proto $(SITE)/google/api/http.proto \
-	   $(SITE)/google/api/field_behavior.proto build/proto-deps/google/api/
+	   $(SITE)/google/api/field_behavior.proto $(SITE)/google/api/httpbody.proto build/proto-deps/google/api/
 	cp $(addprefix $(SITE)/,$(RPC_PROTOS)) build/proto-deps/google/rpc/
 	touch $@
 

@@ -83,7 +83,7 @@ end
 
 -- Response headers that mean nothing to a REST client.
 local GRPC_HEADERS = {
-  "x-llmops-message", "grpc-status", "grpc-message", "grpc-status-details-bin",
+  "x-llmops-message", "x-llmops-param", "grpc-status", "grpc-message", "grpc-status-details-bin",
   "grpc-accept-encoding", "grpc-encoding",
 }
 
@@ -111,6 +111,7 @@ function envoy_on_response(response_handle)
     info:set(META_NS, "grpc_status", upstream_grpc_status)
   end
   local message = headers:get("x-llmops-message")
+  local param = headers:get("x-llmops-param") -- the field an error is about (OpenAI's "param")
   for _, name in ipairs(GRPC_HEADERS) do
     headers:remove(name)
   end
@@ -146,8 +147,8 @@ function envoy_on_response(response_handle)
     h:replace("content-type", "application/json")
     if openai then
       local kind = OPENAI_TYPE[code] or "server_error"
-      body:setBytes('{"error":{"message":' .. text .. ',"type":"' .. kind .. '","code":"'
-        .. (CODE_NAME[code] or "unknown") .. '"}}')
+      body:setBytes('{"error":{"message":' .. text .. ',"type":"' .. kind .. '","param":'
+        .. (param and json_string(param) or "null") .. ',"code":"' .. (CODE_NAME[code] or "unknown") .. '"}}')
     else
       body:setBytes('{"status":"error","message":' .. text .. ',"data":null}')
     end

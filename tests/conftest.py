@@ -134,8 +134,7 @@ def gateway(settings: Settings, registry: ServiceHandle, deployment: ServiceHand
                 "experiment": split_address(experiment.address), "reflection": split_address(reflection)}
     gw = start_envoy(settings, clusters, tmp_path_factory.mktemp("gateway"))
     yield gw
-    gw.process.terminate()
-    gw.process.wait(10)
+    gw.stop()
 
 
 # ------------------------------------------------------------------ the local serving stack (real Triton)
@@ -161,7 +160,10 @@ def infer(settings: Settings, registry, loop_thread: LoopThread, own_database: s
         "serving_dir": tmp_path_factory.mktemp("serving"), "registry_port": split_address(registry.address)[1],
         "deployment_port": deployment_port, "router_port": router_port, "experiment_port": experiment_port,
         "reconcile_interval_s": 0.5,
-        "drain_s": 1.0, "rate_limit_per_minute": 0, "router_request_timeout_s": 60})
+        "drain_s": 1.0, "rate_limit_per_minute": 0, "router_request_timeout_s": 60,
+        # Tests here send a few requests at once to one replica that generates one at a time: a
+        # queue that the router's admission would shed (tests/test_router_admission.py tests it).
+        "router_queue_budget": 0})
     s = InferenceStack(local, loop_thread, registry.address)
     s.port, s.router_port = deployment_port, router_port
     s.start()
@@ -182,7 +184,7 @@ def infer(settings: Settings, registry, loop_thread: LoopThread, own_database: s
     while time.monotonic() < deadline and len(s.router.table.routes) < 2:
         time.sleep(0.1)
     yield s
-    s.gateway.process.terminate()
+    s.gateway.stop()
     s.stop_router()
     s.stop_experiment()
     s.stop()

@@ -13,7 +13,9 @@ class FakeRuntime:
     def __init__(self) -> None:
         self.specs: dict[str, ServingSpec] = {}
         self.applied: list[tuple[str, int]] = []
-        self.fail_next: str | None = None
+        # Endpoint name -> the failure its next apply raises. By name, not "the next apply": one runtime
+        # serves every test of a database, and another endpoint's controller may apply first.
+        self.fail_next: dict[str, str] = {}
         self.status_errors: list[Exception] = []  # raised by the next status() calls, one each
         self.apply_delay_s = 0.0
         self.on_change: Callable[[str], None] | None = None
@@ -23,9 +25,8 @@ class FakeRuntime:
 
     async def apply(self, spec: ServingSpec) -> None:
         await asyncio.sleep(self.apply_delay_s)
-        if self.fail_next:
-            message, self.fail_next = self.fail_next, None
-            raise RuntimeFailure(message)
+        if spec.name in self.fail_next:
+            raise RuntimeFailure(self.fail_next.pop(spec.name))
         self.specs[spec.endpoint_id] = spec
         self.applied.append((spec.endpoint_id, spec.revision))
 

@@ -127,6 +127,11 @@ class Gateway:
         self.api = f"{self.url}/llm-ops/v1"
         self.grpc_address = f"127.0.0.1:{port}"
 
+    def stop(self) -> None:
+        """Stop Envoy and reap it (a Popen dropped while its process runs is a ResourceWarning)."""
+        self.process.terminate()
+        self.process.wait(10)
+
 
 def start_envoy(settings: Settings, clusters: dict[str, tuple[str, int]], out_dir: Path) -> Gateway:
     port, admin_port = free_port(), free_port()
@@ -145,6 +150,7 @@ def start_envoy(settings: Settings, clusters: dict[str, tuple[str, int]], out_di
             pass
         time.sleep(0.1)
     process.kill()
+    process.wait(10)
     raise RuntimeError("envoy did not become ready: " + (out_dir / "envoy.log").read_text())
 
 

@@ -141,8 +141,9 @@ def test_concurrent_updates_are_serialised(gateway, model):
 
 
 def test_failed_rollout_reports_failed_with_the_reason(gateway, model, fake_runtime):
-    fake_runtime.fail_next = "replica exited during start-up: bad gguf"
-    ep = assert_envelope(deploy(gateway, deploy_body(model["id"])), 200, "success")["data"]
+    name = unique("failing")
+    fake_runtime.fail_next[name] = "replica exited during start-up: bad gguf"
+    ep = assert_envelope(deploy(gateway, deploy_body(model["id"], name)), 200, "success")["data"]
     failed = wait_status(gateway, ep["id"], "failed")
     assert "bad gguf" in failed["statusReason"]
 

@@ -22,7 +22,9 @@ from experiment.statistics import (
     METRICS, Analysis, Observations, analyze, compare_means, compare_proportions, sample_ratio,
 )
 
-pytestmark = pytest.mark.filterwarnings("error")  # a warning from numpy or scipy is a bug here
+# A warning from numpy or scipy is a bug here. An unraisable exception is not this module's: it is
+# another test's garbage (a ResourceWarning from a __del__) that a collection during these tests met.
+pytestmark = pytest.mark.filterwarnings("error", "default::pytest.PytestUnraisableExceptionWarning")
 
 ALPHA = 0.05
 MIN_SAMPLES = 30

@@ -73,7 +73,8 @@ max_tokens = st.one_of(st.integers(max_value=3), st.integers(min_value=10**6), j
 
 def near(example: dict, keep: tuple[str, ...] = ()) -> st.SearchStrategy:
     """The example with each field kept, dropped or replaced, and extra fields at times."""
-    required = {k: (max_tokens if k == "max_tokens" else st.one_of(st.just(v), json_values))
+    limits = ("max_tokens", "max_completion_tokens")
+    required = {k: max_tokens if k in limits else st.one_of(st.just(v), json_values)
                 for k, v in example.items() if k in keep}
     optional = {k: st.one_of(st.just(v), json_values) for k, v in example.items() if k not in keep}
     return st.tuples(st.fixed_dictionaries(required, optional=optional),
@@ -117,6 +118,7 @@ def check_answer(route: Route, response: requests.Response) -> None:
     if route.path.startswith("/v1/"):
         if response.status_code >= 400:
             assert set(body) == {"error"}, body
+            assert set(body["error"]) == {"message", "type", "param", "code"}, body
             assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
     elif route.method == "Health" and response.status_code == 200:
         assert {"status", "timestamp", "model"} <= set(body), body
@@ -191,6 +193,17 @@ def test_control_plane_routes_answer_any_input_with_a_4xx_envelope(gateway, regi
 # ------------------------------------------------------------------ inference (the real stack, short answers)
 
 
+OPENAI_CHAT = {
+    "model": "chat-model", "max_tokens": 2, "temperature": 0.5, "top_p": 0.9, "stop": "\n", "seed": 1, "n": 2,
+    "messages": [{"role": "system", "content": "Be brief."},
+                 {"role": "user", "content": [{"type": "text", "text": "Hi"}], "name": "ann"}],
+    "presence_penalty": 0.5, "frequency_penalty": -0.5, "logit_bias": {"28": -5}, "logprobs": True,
+    "top_logprobs": 2, "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": {
+        "type": "object", "properties": {"a": {"type": "integer"}}}}}, "max_completion_tokens": 2,
+    "tools": [], "tool_choice": "none", "user": "u",
+}
+OPENAI_COMPLETION = {"model": "chat-model", "prompt": ["Hi"], "max_tokens": 2, "echo": True, "logprobs": 1,
+                     "stop": ["."], "seed": 3, "best_of": 1, "suffix": None, "logit_bias": {"28": 3}}
 INFERENCE_EXAMPLES = {
     "Chat": {"model": "chat-model", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2,
              "temperature": 0.5, "top_p": 0.9, "stop": ["\n"], "stream": False},
@@ -198,13 +211,21 @@ INFERENCE_EXAMPLES = {
     "Complete": {"model": "chat-model", "prompt": "Hi", "max_tokens": 2, "stop": ["."]},
     "CompleteStream": {"request": {"prompt": "Hi", "max_tokens": 2}},
     "Embed": {"model": "embedding-model", "input": ["hello", "world"]},
+    # /v1, OpenAI's bodies with the parameters the router reads itself
+    "CreateChatCompletion": OPENAI_CHAT,
+    "StreamChatCompletion": {**OPENAI_CHAT, "stream": True, "stream_options": {"include_usage": True}},
+    "CreateCompletion": OPENAI_COMPLETION,
+    "StreamCompletion": {**OPENAI_COMPLETION, "stream": True},
+    "CreateEmbedding": {"model": "embedding-model", "input": ["hello", "world"], "encoding_format": "base64",
+                        "dimensions": 384, "user": "u"},
 }
 
 
 @pytest.mark.parametrize("route", INFERENCE, ids=lambda r: r.id)
 def test_inference_routes_answer_any_input_with_a_4xx_envelope(infer, route):
     example = INFERENCE_EXAMPLES.get(route.method, {})
-    keep = ("max_tokens",) if "max_tokens" in example else ()
+    # Short answers whatever else is drawn: both names of the token limit stay small (or invalid).
+    keep = tuple(k for k in ("max_tokens", "max_completion_tokens") if k in example)
     if "request" in example:  # the :stream bindings take the request under "request"
         example = {"request": example["request"]}
 

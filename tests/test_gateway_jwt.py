@@ -36,8 +36,7 @@ def jwt_gateway(settings: Settings, registry, reflection, signing_key, tmp_path_
     gw = start_envoy(jwt_settings, {"registry": split_address(registry.address),
                                     "reflection": split_address(reflection)}, out)
     yield gw
-    gw.process.terminate()
-    gw.process.wait(10)
+    gw.stop()
 
 
 def token(key, *, sub: str, roles, audience: str = AUDIENCE, expires_in: int = 300) -> str:

@@ -130,6 +130,12 @@ def test_prompt_template_variables_may_be_undefined_at_registration(gateway):
     ({"embedding_dim": 384.5}, "metadata.embedding_dim must be a positive whole number"),
     ({"dimensions": True}, "metadata.dimensions must be a positive whole number"),
     ({"dimensions": None}, "got null"),
+    ({"delay_ms": -5}, "metadata.delay_ms must be a positive whole number"),
+    ({"queue_budget": -1}, "metadata.queue_budget must be a JSON number from 0 to 1000"),
+    ({"queue_budget": "4"}, 'metadata.queue_budget must be a JSON number from 0 to 1000 (the wait admitted on a '
+                            'busy replica, in its service times; 0: no bound); got "4"'),
+    ({"queue_budget": 1e6}, "metadata.queue_budget must be a JSON number"),
+    ({"queue_budget": False}, "got false"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "metadata.stop must be a list of at most 4 non-empty strings"),
     ({"stop": [""]}, "metadata.stop must be a list of at most 4 non-empty strings"),
     ({"stop": "<|im_end|>"}, "metadata.stop must be a list"),
@@ -146,7 +152,8 @@ def test_unreadable_metadata_is_refused(gateway, unchanged, metadata, needle):
 def test_known_metadata_is_stored_as_integers_and_unknown_keys_pass(gateway):
     team = unique("team")
     metadata = {"context_length": 1e3, "n_threads": 2.0, "dimensions": 384, "embedding_dim": 384,
-                "stop": ["<|im_end|>", "</s>"], "description": "anything", "custom": {"nested": [1, "a"]}}
+                "stop": ["<|im_end|>", "</s>"], "queue_budget": 2.5, "description": "anything",
+                "custom": {"nested": [1, "a"]}}
     model = assert_envelope(post_model(gateway, metadata, team), 200, "success")["data"]
     got = assert_envelope(requests.get(f"{gateway.api}/catalog/models/{model['id']}", headers=ADMIN),
                           200, "success")["data"]["metadata"]
@@ -199,6 +206,20 @@ async def test_router_compiles_each_template_text_once():
     assert (prompting._compiled.cache_info().misses, prompting._compiled.cache_info().hits) == (1, 1)
 
 
+@pytest.mark.parametrize("messages", [
+    [Message("user", "hi")],
+    [Message("system", "Be {{ brief }} {% raw %}"), Message("user", "<|im_end|> 한국어 \n\n"),
+     Message("assistant", ""), Message("user", "{{ 7 * 7 }}", name="rita")],
+])
+async def test_the_default_template_renders_as_its_jinja_text_does(messages):
+    """Written out on the event loop (prompting.chatml), the platform's own template gives what
+    Jinja gives for the same text."""
+    jinja = prompting._render_chat_now(prompting.DEFAULT_CHAT_TEMPLATE, {
+        "messages": [prompting.message_variables(m) for m in messages], "add_generation_prompt": True})
+    assert await render_chat({}, messages) == await render_chat(
+        {"chat_template": prompting.DEFAULT_CHAT_TEMPLATE}, messages) == jinja
+
+
 async def test_router_renders_off_the_event_loop(monkeypatch):
     release, threads = threading.Event(), []
 
@@ -208,7 +229,7 @@ async def test_router_renders_off_the_event_loop(monkeypatch):
         return "rendered"
 
     monkeypatch.setattr(prompting, "_render_chat_now", blocking_render)
-    rendering = asyncio.create_task(render_chat({}, chat()))
+    rendering = asyncio.create_task(render_chat({"chat_template": CHATML}, chat()))
     while not threads:  # the loop keeps running while the render is held in its thread
         await asyncio.sleep(0.01)
     assert not rendering.done()
@@ -223,7 +244,7 @@ async def test_router_gives_up_waiting_for_a_render_with_a_clear_error(monkeypat
     monkeypatch.setattr(prompting, "RENDER_WAIT_SECONDS", 0)
     try:
         with pytest.raises(DeadlineExceeded, match="did not render within"):
-            await render_chat({}, chat())
+            await render_chat({"chat_template": CHATML}, chat())
     finally:
         release.set()
 

@@ -71,10 +71,10 @@ def test_health_in_the_seed_shape_without_identity(infer):
 @pytest.mark.parametrize("path,body,status,needle", [
     ("/serve/chat-model/chat", {"messages": []}, 400, "messages must not be empty"),
     ("/serve/chat-model/chat", {"messages": [{"role": "wizard", "content": "hi"}]}, 400, "role must be one of"),
-    ("/serve/chat-model/chat", {"messages": [{"role": "user", "content": "  "}]}, 400, "at least one user message"),
+    ("/serve/chat-model/chat", {"messages": [{"role": "user", "content": "  "}]}, 400, "messages have no content"),
     ("/serve/chat-model/chat", {"messages": SEED_MESSAGES, "max_tokens": 0}, 400, "max_tokens must be between"),
     ("/serve/chat-model/chat", {"messages": SEED_MESSAGES, "max_tokens": 100000}, 400, "max_tokens must be between"),
-    ("/serve/chat-model/chat", {"messages": SEED_MESSAGES, "temperature": 3}, 400, "temperature must be between"),
+    ("/serve/chat-model/chat", {"messages": SEED_MESSAGES, "temperature": 3}, 400, "temperature must be at least 0 and at most 2"),
     ("/serve/chat-model/chat", {"messages": SEED_MESSAGES, "top_p": 0}, 400, "top_p must be"),
     ("/serve/chat-model/chat", {"messages": SEED_MESSAGES, "top_p": 1.5}, 400, "top_p must be"),
     ("/serve/chat-model/completion", {"prompt": ""}, 400, "prompt must not be empty"),

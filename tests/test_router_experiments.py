@@ -15,7 +15,7 @@ from router.backends import Chunk, Sampling
 from router.experiments import ExperimentTable, assign_variant
 from router.limits import RateLimiter
 from router.outcomes import Outcome
-from router.prompting import Message
+from router.prompting import Message, SamplingRequest
 from router.routes import RouteTable
 from router.service import InferenceService
 from shared.identity import Identity
@@ -30,7 +30,7 @@ class RecordingPool:
     def __init__(self) -> None:
         self.prompts: list[str] = []
 
-    def pick(self, addresses, exclude, capacity=None):  # noqa: ANN001, ANN201
+    def pick(self, addresses, exclude, capacity=None, queue_budget=0.0):  # noqa: ANN001, ANN201
         return next((a for a in addresses if a not in exclude), None)
 
     async def generate(self, address: str, model: str, prompt: str, sampling: Sampling,
@@ -77,9 +77,11 @@ def user_with(variant: str) -> str:
     return next(f"user-{i}" for i in range(1000) if assign_variant("exp-1", f"user-{i}", 50) == variant)
 
 
+GREEDY_ONE = SamplingRequest(max_tokens=1, temperature=0)
+
 async def chat(service: InferenceService, user: str, messages: list[Message], variables: dict | None = None):  # noqa: ANN201
-    answer = await service.chat_stream(actor=Identity(user), name="chat-model", messages=messages, max_tokens=1,
-                                       temperature=0, top_p=None, stop=[], variables=variables, buffered=True)
+    answer = await service.chat_stream(actor=Identity(user), name="chat-model", messages=messages,
+                                       sampling=GREEDY_ONE, variables=variables, buffered=True)
     return await service.collect(answer, "chat-model")
 
 
@@ -106,8 +108,8 @@ async def test_the_template_replaces_the_system_prompt_with_the_requests_variabl
 async def test_a_completion_experiment_wraps_the_prompt_and_leaves_chats_alone():
     service, pool, outcomes = service_with(experiment(kind="completion", a="Q: {{ prompt }}\nA:", b="{{ prompt }}"))
     user = user_with("A")
-    answer = await service.complete_stream(actor=Identity(user), name="chat-model", prompt="2+2?", max_tokens=1,
-                                           temperature=0, top_p=None, stop=[], buffered=True)
+    answer = await service.complete_stream(actor=Identity(user), name="chat-model", prompt="2+2?",
+                                           sampling=GREEDY_ONE, buffered=True)
     await service.collect(answer, "chat-model")
     assert pool.prompts[-1] == "Q: 2+2?\nA:"
     await chat(service, user, [Message("user", "Hi")])  # a chat on the same endpoint: no experiment

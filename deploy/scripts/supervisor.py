@@ -3,11 +3,17 @@ that exit with exponential backoff (logged and counted), stop all on request.
 
 Children run in their own process group, so Ctrl-C reaches only the
 supervisor, which then stops them in order; they also get SIGTERM from the
-kernel if the supervisor itself dies, so nothing is orphaned."""
+kernel if the supervisor itself dies, so nothing is orphaned. That is set by
+util-linux's setpriv, not by a preexec_fn: Python code between fork and exec
+runs the at-fork handlers of whatever the parent has loaded (gRPC's abort the
+child when another thread is inside gRPC), while without one CPython spawns
+with vfork, which runs none. The flag only covers a parent that dies after it
+is set, so a shell checks, once it is, that the parent is still the one that
+spawned it, and exits if not (a supervisor killed right after a spawn)."""
 
 from __future__ import annotations
 
-import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -23,12 +29,20 @@ RESTARTS = Counter("llmops_supervisor_restarts_total", "Processes restarted afte
 UP = Gauge("llmops_supervisor_process_up", "1 while the process runs, 0 while it waits for its restart.",
            ["process"])
 
-PR_SET_PDEATHSIG = 1
+ORPHANED = 129  # what a child exits with when its parent died before the flag was set
+
+
+def die_with_parent(argv: list[str], parent: int | None = None) -> list[str]:
+    """argv, run so that the kernel sends it SIGTERM when `parent` (this process) dies.
+
+    setpriv sets the flag, which survives the exec; sh then reads its parent, which is `parent` unless
+    that died before the flag was set, and execs argv (same pid) or exits with ORPHANED."""
+    parent = os.getpid() if parent is None else parent
+    return ["setpriv", "--pdeathsig", "TERM", "--", "sh", "-c",
+            f'[ "$PPID" = {parent} ] || exit {ORPHANED}; exec "$@"', "sh", *argv]
+
+
 COLORS = ["\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m", "\033[31m"]
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass(frozen=True)
@@ -73,8 +87,8 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         env = {**self._env, **self._env_of.get(child.name, {})}
-        child.popen = subprocess.Popen(child.argv, cwd=self._cwd, env=env, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, process_group=0, preexec_fn=_die_with_parent)
+        child.popen = subprocess.Popen(die_with_parent(child.argv), cwd=self._cwd, env=env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, process_group=0)
         child.started_at, child.restart_at = time.monotonic(), None
         UP.labels(child.name).set(1)
         color = COLORS[list(self._children).index(child.name) % len(COLORS)]

@@ -27,6 +27,9 @@ class EndpointRow(SQLModel, table=True):
     __table_args__ = (
         Index("uq_deployment_endpoints_live_name", "environment", "name", unique=True,
               sqlite_where=text("deleted_at IS NULL"), postgresql_where=text("deleted_at IS NULL")),
+        # ListEndpoints' order: a page is read off this index instead of sorting every live row.
+        Index("ix_deployment_endpoints_live_created", text("created_at DESC"), "id",
+              sqlite_where=text("deleted_at IS NULL"), postgresql_where=text("deleted_at IS NULL")),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -129,8 +132,12 @@ def live_name_taken(*, session: Session, environment: str, name: str) -> bool:
         col(EndpointRow.deleted_at).is_(None))).first() is not None
 
 
-def list_rows(*, session: Session, filters: EndpointFilter, offset: int, limit: int) -> list[EndpointRow]:
-    statement = select(EndpointRow).where(col(EndpointRow.deleted_at).is_(None))
+def list_rows(*, session: Session, filters: EndpointFilter, offset: int,
+              limit: int) -> list[tuple[EndpointRow, RevisionRow]]:
+    """A page of live endpoints, newest first, each with its active revision: one query, not one per row."""
+    statement = select(EndpointRow, RevisionRow).join(RevisionRow, (RevisionRow.endpoint_id == EndpointRow.id)
+                                                      & (RevisionRow.revision == EndpointRow.revision))
+    statement = statement.where(col(EndpointRow.deleted_at).is_(None))
     if filters.environment:
         statement = statement.where(EndpointRow.environment == filters.environment)
     if filters.model_id:

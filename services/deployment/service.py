@@ -122,9 +122,8 @@ class DeploymentService:
 
     def list(self, *, filters: EndpointFilter, offset: int, limit: int) -> list[Endpoint]:
         with Session(self._engine) as session:
-            rows = repo.list_rows(session=session, filters=filters, offset=offset, limit=limit)
-            return [repo.to_domain(r, repo.get_revision(session=session, endpoint_id=r.id, number=r.revision))
-                    for r in rows]
+            return [repo.to_domain(row, active) for row, active in
+                    repo.list_rows(session=session, filters=filters, offset=offset, limit=limit)]
 
     def list_revisions(self, *, endpoint_id: uuid.UUID, offset: int, limit: int) -> list[Revision]:
         with Session(self._engine) as session:

@@ -25,6 +25,7 @@ class Runtime(StrEnum):
     LLAMACPP = "llamacpp"
     TENSORRT_LLM = "tensorrt_llm"
     EMBEDDING = "embedding"
+    ECHO = "echo"  # the prompt's words back after metadata.delay_ms: for benchmarks and smoke tests
 
 
 class ModelStatus(StrEnum):
@@ -50,8 +51,9 @@ MAX_METADATA_BYTES = 64 * 1024
 MAX_TEMPLATE_BYTES = 64 * 1024
 
 # Metadata keys that the deployment service and the router read: checked here, once, so they may trust them.
-POSITIVE_INT_KEYS = ("context_length", "n_threads", "embedding_dim", "dimensions", *LIMIT_KEYS)
+POSITIVE_INT_KEYS = ("context_length", "n_threads", "embedding_dim", "dimensions", "delay_ms", *LIMIT_KEYS)
 MAX_METADATA_INT = 2**31 - 1  # what the C layers underneath (llama.cpp, Triton configs) hold
+MAX_QUEUE_BUDGET = 1000.0  # metadata.queue_budget, in service times (the router's admission)
 MAX_MODEL_STOP_WORDS = 4
 # What a chat template is given at request time (the router's render_chat), for a trial render.
 SAMPLE_CHAT = {"messages": [{"role": "user", "content": "Hello!"},
@@ -185,6 +187,8 @@ def check_model_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     for key in POSITIVE_INT_KEYS:
         if key in checked:
             checked[key] = _positive_int(key, checked[key])
+    if "queue_budget" in checked:
+        checked["queue_budget"] = _queue_budget(checked["queue_budget"])
     if "stop" in checked:
         checked["stop"] = _model_stop_words(checked["stop"])
     if "chat_template" in checked:
@@ -200,6 +204,14 @@ def _positive_int(key: str, value: Any) -> int:
                               f"(such as 4096, at most {MAX_METADATA_INT}); got {_shown(value)}",
                               reason="INVALID_METADATA")
     return int(value)
+
+
+def _queue_budget(value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= MAX_QUEUE_BUDGET:
+        raise InvalidArgument(f"metadata.queue_budget must be a JSON number from 0 to {MAX_QUEUE_BUDGET:g} (the "
+                              f"wait admitted on a busy replica, in its service times; 0: no bound); got "
+                              f"{_shown(value)}", reason="INVALID_METADATA")
+    return float(value)
 
 
 def _model_stop_words(value: Any) -> list[str]:

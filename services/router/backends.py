@@ -1,12 +1,19 @@
-"""Triton replicas over KServe v2 gRPC: one persistent client per replica,
+"""Triton replicas over KServe v2 gRPC: one persistent channel per replica,
 least-outstanding-requests balancing, a short cooldown for a replica that
 failed, and the tensor contract of ARCHITECTURE.md section 8 (the same for
-llama.cpp and TensorRT-LLM)."""
+llama.cpp and TensorRT-LLM).
+
+Requests are KServe's protobuf messages, built here with typed contents and read
+from raw outputs, on the stubs tritonclient generates. Its InferInput/InferResult
+wrappers (numpy arrays per tensor, an async generator per stream) cost about a
+tenth of the router's throughput (make bench, echo model, concurrency 16)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -15,16 +22,17 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 import structlog
-import tritonclient.grpc.aio as triton_aio
-from tritonclient.grpc import InferInput, InferRequestedOutput
-from tritonclient.utils import InferenceServerException
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import deserialize_bytes_tensor, triton_to_np_dtype
 
 from shared.errors import InvalidArgument, Unavailable
 
+from .admission import Admission
 from .routes import RouteTable
 
 log = structlog.get_logger()
 REPLICA_COOLDOWN_S = 5.0
+STATUS_WAIT_S = 1.0
 # Triton's python backend when the model's stub process died (tritonserver itself still answers):
 # "Stub process 'llm_0_0' is not healthy.", "The stub process has exited unexpectedly.", ...
 # And a replica that is stopping (Triton unloads its models first, then drains): "Request for unknown
@@ -39,6 +47,37 @@ class Sampling:
     temperature: float
     top_p: float
     stop: tuple[str, ...]
+    # Optional inputs of the TensorRT-LLM ensemble, sent only when set (a model without them
+    # is not sent tensors it does not declare).
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    # Guided decoding: "json" (any JSON object) or "json_schema" (guide is the schema's JSON).
+    guide_type: str = ""
+    guide: str = ""
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+    def optional_inputs(self) -> list[InputTensor]:
+        inputs = []
+        if self.seed is not None:  # OpenAI's seed is signed; Triton's random_seed is UINT64
+            inputs.append(_tensor("random_seed", [self.seed % 2**64], "UINT64"))
+        for name in ("presence_penalty", "frequency_penalty"):
+            if (value := getattr(self, name)) is not None:
+                inputs.append(_tensor(name, [value], "FP32"))
+        if self.guide_type:
+            inputs.append(_tensor("guided_decoding_guide_type", [self.guide_type], "BYTES"))
+            if self.guide:
+                inputs.append(_tensor("guided_decoding_guide", [self.guide], "BYTES"))
+        if self.logit_bias:
+            inputs.append(_tensor("logit_bias_token_ids", [t for t, _ in self.logit_bias], "INT32"))
+            inputs.append(_tensor("logit_bias_values", [v for _, v in self.logit_bias], "FP32"))
+        if self.logprobs:
+            inputs.append(_tensor("return_log_probs", [True], "BOOL"))
+            if self.top_logprobs:
+                inputs.append(_tensor("top_logprobs", [self.top_logprobs], "INT32"))
+        return inputs
 
 
 @dataclass(frozen=True)
@@ -50,6 +89,8 @@ class Chunk:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = ""
+    # With Sampling.logprobs: OpenAI's entries {token, logprob, bytes, top_logprobs} of this chunk's tokens.
+    logprobs: tuple[dict, ...] = ()
 
 
 class ReplicaFailure(Exception):
@@ -57,44 +98,97 @@ class ReplicaFailure(Exception):
     another replica may answer it."""
 
 
-def _tensor(name: str, values: Sequence, datatype: str) -> InferInput:
-    dtype = {"BYTES": np.object_, "INT32": np.int32, "FP32": np.float32, "BOOL": np.bool_}[datatype]
-    array = np.array([v.encode() if isinstance(v, str) else v for v in values], dtype=dtype)
-    tensor = InferInput(name, list(array.shape), datatype)
-    tensor.set_data_from_numpy(array)
+InputTensor = service_pb2.ModelInferRequest.InferInputTensor
+_CONTENTS = {"BYTES": "bytes_contents", "INT32": "int_contents", "UINT64": "uint64_contents",
+             "FP32": "fp32_contents", "BOOL": "bool_contents"}
+# As tritonclient's own channels: a batch of embeddings can be larger than gRPC's 4 MiB default.
+_CHANNEL_OPTIONS = [("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1)]
+
+
+def _tensor(name: str, values: Sequence, datatype: str) -> InputTensor:
+    tensor = InputTensor(name=name, datatype=datatype, shape=[len(values)])
+    getattr(tensor.contents, _CONTENTS[datatype]).extend(v.encode() if isinstance(v, str) else v for v in values)
     return tensor
 
 
+def _outputs(response: service_pb2.ModelInferResponse) -> dict[str, np.ndarray]:
+    """Each output by name, from raw_output_contents (how Triton answers), as tritonclient decodes them."""
+    decoded = {}
+    for output, raw in zip(response.outputs, response.raw_output_contents):
+        if output.datatype == "BYTES":
+            decoded[output.name] = deserialize_bytes_tensor(raw)
+        else:
+            decoded[output.name] = np.frombuffer(raw, dtype=triton_to_np_dtype(output.datatype)).reshape(output.shape)
+    return decoded
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "replace")
+
+
+class ReplicaChannel:
+    """One replica's channel, and the KServe stub on it."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
 def _triton_error(message: str) -> Exception:
-    """A model error without a status code (what a stream carries): the request's fault or the replica's."""
-    if "INVALID_ARG" in message or "invalid" in message.lower() or "required" in message.lower():
-        return InvalidArgument(f"the model rejected the request: {message}", reason="MODEL_REJECTED_INPUT")
+    """A model error without a status code (what a stream carries): the request's fault or the replica's.
+    The platform's models start a refusal with "INVALID_ARG: "; Triton's own say "invalid" or "required"."""
+    if message.startswith("INVALID_ARG: ") or "invalid" in message.lower() or "required" in message.lower():
+        return InvalidArgument(f"the model rejected the request: {message.removeprefix('INVALID_ARG: ')}",
+                               reason="MODEL_REJECTED_INPUT")
     return Unavailable(f"the replica failed: {message}", reason="REPLICA_FAILED")
+
+
+async def _read_status(responses: grpc.aio.StreamStreamCall) -> bool:
+    """After the last response, wait for the call to end (Triton ends it once the request stream is
+    half-closed and the request is answered). False if it did not end in time: cancel it then."""
+    try:
+        async with asyncio.timeout(STATUS_WAIT_S):
+            async for _ in responses:
+                pass
+    except TimeoutError:
+        return False
+    except grpc.aio.AioRpcError:
+        pass
+    return True
 
 
 class ReplicaPool:
     def __init__(self, *, cooldown_s: float = REPLICA_COOLDOWN_S, clock: Callable[[], float] = time.monotonic,
-                 client_factory: Callable[[str], triton_aio.InferenceServerClient] = triton_aio.InferenceServerClient,
-                 ) -> None:
+                 client_factory: Callable[[str], ReplicaChannel] = ReplicaChannel) -> None:
         self._cooldown_s = cooldown_s
+        self.admission = Admission()
         self._clock = clock
         self._client_factory = client_factory
-        self._clients: dict[str, triton_aio.InferenceServerClient] = {}
+        self._clients: dict[str, ReplicaChannel] = {}
         self._outstanding: dict[str, int] = {}  # only addresses with requests in flight
         self._cooling_until: dict[str, float] = {}
         self._live: set[str] | None = None  # the route table's replica addresses, once known
         self._closing: set[asyncio.Task] = set()
 
-    def pick(self, addresses: Sequence[str], exclude: set[str], capacity: int | None = None) -> str | None:
-        """The replica for the next attempt; None when every one was tried or has `capacity` in flight."""
-        candidates = [a for a in addresses if a not in exclude
-                      and (capacity is None or self._outstanding.get(a, 0) < capacity)]
+    def pick(self, addresses: Sequence[str], exclude: set[str], capacity: int | None = None,
+             queue_budget: float = 0.0) -> str | None:
+        """The replica for the next attempt; None when every one was tried, has `capacity` in flight
+        or more queued than `queue_budget` service times (admission.py)."""
+        now = self._clock()
+        candidates = [a for a in addresses if a not in exclude and self._admits(a, capacity, queue_budget, now)]
         if not candidates:
             return None
-        now = self._clock()
         healthy = [a for a in candidates if not self._cooling(a, now)]
         # A cooling replica is tried only when no other is left: a blip must not turn into an outage.
         return min(healthy or candidates, key=lambda a: self._outstanding.get(a, 0))
+
+    def _admits(self, address: str, capacity: int | None, queue_budget: float, now: float) -> bool:
+        in_flight = self._outstanding.get(address, 0)
+        return ((capacity is None or in_flight < capacity)
+                and self.admission.admits(address, in_flight=in_flight, budget=queue_budget, now=now))
 
     def outstanding(self, address: str) -> int:
         return self._outstanding.get(address, 0)
@@ -130,24 +224,32 @@ class ReplicaPool:
                 self._forget(address)
 
     def _forget(self, address: str) -> None:
+        self.admission.forget(address)
         client = self._clients.pop(address, None)
         if client is not None:
             task = asyncio.get_running_loop().create_task(client.close(), name=f"close-replica-client-{address}")
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
-    def _client(self, address: str) -> triton_aio.InferenceServerClient:
+    def _client(self, address: str) -> ReplicaChannel:
         if address not in self._clients:
             self._clients[address] = self._client_factory(address)
         return self._clients[address]
 
     @contextlib.asynccontextmanager
-    async def _lease(self, address: str) -> AsyncIterator[triton_aio.InferenceServerClient]:
-        self._outstanding[address] = self._outstanding.get(address, 0) + 1
+    async def _lease(self, address: str) -> AsyncIterator[ReplicaChannel]:
+        """One request on the replica: counted in flight, and timed for admission when it succeeds."""
+        others, began, succeeded = self._outstanding.get(address, 0), self._clock(), False
+        self._outstanding[address] = others + 1
+        self.admission.started(address, in_flight=others, now=began)
         try:
             yield self._client(address)
+            succeeded = True
         finally:
-            if left := self._outstanding[address] - 1:
+            left = self._outstanding[address] - 1
+            self.admission.finished(address, began=began, found_idle=not others, succeeded=succeeded,
+                                    in_flight=left, now=self._clock())
+            if left:
                 self._outstanding[address] = left
             else:
                 del self._outstanding[address]
@@ -162,65 +264,85 @@ class ReplicaPool:
                   _tensor("stream", [True], "BOOL")]
         if sampling.stop:
             inputs.append(_tensor("stop_words", list(sampling.stop), "BYTES"))
+        inputs += sampling.optional_inputs()
 
-        async def requests():
-            yield {"model_name": model, "inputs": inputs, "request_id": request_id}
+        request = service_pb2.ModelInferRequest(model_name=model, id=request_id, inputs=inputs)
 
         async with self._lease(address) as client:
-            # Errors as gRPC statuses: a stream's error message alone cannot tell the request's fault
-            # (INVALID_ARG, e.g. a prompt longer than the context: 400) from the replica's (503, retried).
-            responses = client.stream_infer(requests(), headers={"triton_grpc_error": "true"})
+            # Not Triton's triton_grpc_error header (errors as gRPC statuses): in 2.51, streams ending
+            # with an error status at once now and then segfault the server. Errors come as messages.
+            responses = client.stub.ModelStreamInfer()  # written here: no task to drain a request iterator
             received = False
+            # Cancel the call only while it is open. A cancel racing the end of a call is a known way to
+            # crash Triton 2.51 (server#8078): once the last response is in, the call's status is read instead.
+            ended = False
             try:
-                async for result, error in responses:
-                    if error is not None:
-                        # A stream's error carries Triton's message only, no status code.
-                        error_text = str(error)
-                        if _REPLICA_CANNOT_SERVE.search(error_text):
-                            raise self._failed(address, error_text)
-                        raise _triton_error(error_text)
+                with contextlib.suppress(asyncio.InvalidStateError):  # the call ended already: reading raises why
+                    await responses.write(request)
+                    await responses.done_writing()
+                async for message in responses:
+                    if message.error_message:  # the last response of this request: the call ends
+                        ended = await _read_status(responses)
+                        if _REPLICA_CANNOT_SERVE.search(message.error_message):
+                            raise self._failed(address, message.error_message)
+                        raise _triton_error(message.error_message)
                     received = True
-                    message = result.get_response()
-                    final = message.parameters["triton_final_response"].bool_param
-                    text = result.as_numpy("text_output")
-                    chunk_text = text[0].decode() if text is not None and len(text) else ""
-                    if final:
-                        yield Chunk(chunk_text, final=True,
-                                    prompt_tokens=int(result.as_numpy("prompt_tokens")[0]),
-                                    completion_tokens=int(result.as_numpy("completion_tokens")[0]),
-                                    finish_reason=result.as_numpy("finish_reason")[0].decode())
-                        return
-                    yield Chunk(chunk_text)
-            except grpc.aio.AioRpcError as exc:  # the transport, and with triton_grpc_error the model's errors
-                details = exc.details() or exc.code().name.lower()
-                if exc.code() == grpc.StatusCode.UNAVAILABLE or _REPLICA_CANNOT_SERVE.search(details):
-                    raise self._failed(address, details) from exc
-                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise InvalidArgument(f"the model rejected the request: {details}",
-                                          reason="MODEL_REJECTED_INPUT") from exc
-                raise Unavailable(f"the replica failed{' mid-request' if received else ''}: {exc.details()}",
-                                  reason="REPLICA_FAILED") from exc
+                    response = message.infer_response
+                    outputs = _outputs(response)
+                    if not response.parameters["triton_final_response"].bool_param:
+                        yield self._chunk(outputs)
+                        continue
+                    ended = await _read_status(responses)
+                    if sampling.logprobs and "logprobs" not in outputs:  # e.g. a TensorRT-LLM ensemble
+                        raise InvalidArgument(f"the model of this endpoint ({model}) does not return "
+                                              "log-probabilities in the platform's form",
+                                              reason="LOGPROBS_UNSUPPORTED", param="logprobs")
+                    yield self._chunk(outputs, final=True)
+                    return
+            except grpc.aio.AioRpcError as exc:  # the transport: the call has ended
+                ended = True
+                raise self._call_failed(address, exc, lambda _: Unavailable(
+                    f"the replica failed{' mid-request' if received else ''}: {exc.details()}",
+                    reason="REPLICA_FAILED")) from exc
             finally:
-                responses.cancel()  # no-op once finished; frees the replica when the client went away
+                if not ended:
+                    responses.cancel()  # the client went away mid-generation: free the replica
+
+    @staticmethod
+    def _chunk(outputs: dict[str, np.ndarray], final: bool = False) -> Chunk:
+        text, logprobs = outputs.get("text_output", ()), outputs.get("logprobs", ())
+        chunk = Chunk(_text(text[0]) if len(text) else "",
+                      logprobs=tuple(json.loads(logprobs[0])) if len(logprobs) else ())
+        if not final:
+            return chunk
+        return dataclasses.replace(chunk, final=True, prompt_tokens=int(outputs["prompt_tokens"][0]),
+                                   completion_tokens=int(outputs["completion_tokens"][0]),
+                                   finish_reason=_text(outputs["finish_reason"][0]))
 
     async def embed(self, address: str, model: str, texts: list[str]) -> tuple[np.ndarray, int]:
         """The vectors, and the tokens of all texts together."""
+        request = service_pb2.ModelInferRequest(model_name=model, inputs=[_tensor("text", texts, "BYTES")])
+        request.outputs.add(name="embedding")
+        request.outputs.add(name="token_count")
         async with self._lease(address) as client:
             try:
                 # Cancelling this call (the request's deadline, or its client gone) cancels it on the replica.
-                result = await client.infer(model, [_tensor("text", texts, "BYTES")],
-                                            outputs=[InferRequestedOutput("embedding"),
-                                                     InferRequestedOutput("token_count")])
-            except InferenceServerException as exc:
-                # infer wraps gRPC errors: status() is the gRPC code ("StatusCode.UNAVAILABLE"), message() Triton's.
-                message = exc.message() or str(exc)
-                if exc.status() == str(grpc.StatusCode.UNAVAILABLE) or _REPLICA_CANNOT_SERVE.search(message):
-                    raise self._failed(address, message) from exc
-                if exc.status() == str(grpc.StatusCode.INVALID_ARGUMENT):
-                    raise InvalidArgument(f"the model rejected the request: {message}",
-                                          reason="MODEL_REJECTED_INPUT") from exc
-                raise _triton_error(message) from exc
-            return result.as_numpy("embedding"), int(result.as_numpy("token_count").sum())
+                response = await client.stub.ModelInfer(request)
+            except grpc.aio.AioRpcError as exc:  # the gRPC code, and Triton's message as its details
+                raise self._call_failed(address, exc, _triton_error) from exc
+            outputs = _outputs(response)
+            return outputs["embedding"], int(outputs["token_count"].sum())
+
+    def _call_failed(self, address: str, exc: grpc.aio.AioRpcError,
+                     otherwise: Callable[[str], Exception]) -> Exception:
+        """A call to a replica that ended with a gRPC error: the replica's failure (another may answer),
+        the request's fault (INVALID_ARGUMENT), or `otherwise(details)`."""
+        details = exc.details() or exc.code().name.lower()
+        if exc.code() == grpc.StatusCode.UNAVAILABLE or _REPLICA_CANNOT_SERVE.search(details):
+            return self._failed(address, details)
+        if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            return InvalidArgument(f"the model rejected the request: {details}", reason="MODEL_REJECTED_INPUT")
+        return otherwise(details)
 
     async def close(self) -> None:
         clients, self._clients = list(self._clients.values()), {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from jinja2 import Template
 
 from shared.errors import DeadlineExceeded, InvalidArgument
 from shared.templating import TEMPLATE_RENDER_SECONDS, compile_template, render_template
+
+from .backends import Sampling
 
 ROLES = ("system", "user", "assistant")
 MAX_STOP_WORDS = 4
@@ -36,35 +39,104 @@ RENDER_WAIT_SECONDS = 4 * TEMPLATE_RENDER_SECONDS
 class Message:
     role: str
     content: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class SamplingRequest:
+    """A request's sampling parameters as the caller gave them (None: not given). Both surfaces,
+    the typed gRPC/envelope API and OpenAI's /v1, fill this, so both accept and refuse the same."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    # "text", "json_object" or "json_schema" (with json_schema: the schema as a dict)
+    response_format: str | None = None
+    json_schema: dict[str, Any] | None = None
+    # Token id -> bias (-100 to 100), added to the logits before sampling.
+    logit_bias: dict[int, float] | None = None
+    # The log-probability of each token, with the top_logprobs likeliest alternatives.
+    logprobs: bool = False
+    top_logprobs: int = 0
+    # The name of max_tokens as the caller wrote it (OpenAI's newer max_completion_tokens).
+    max_tokens_param: str = "max_tokens"
+
+
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+SEED_RANGE = (-(2**63), 2**64 - 1)
+MAX_LOGIT_BIAS = 1024
+MAX_TOP_LOGPROBS = 20
 
 
 def check_messages(messages: list[Message]) -> list[Message]:
     if not messages:
-        raise InvalidArgument("messages must not be empty", reason="EMPTY_INPUT")
+        raise InvalidArgument("messages must not be empty", reason="EMPTY_INPUT", param="messages")
     for i, m in enumerate(messages):
         if m.role not in ROLES:
             raise InvalidArgument(f"messages[{i}].role must be one of {', '.join(ROLES)}; got {m.role[:32]!r}",
-                                  reason="INVALID_ROLE")
-    if not any(m.content.strip() for m in messages if m.role == "user"):
-        raise InvalidArgument("messages need at least one user message with content", reason="EMPTY_INPUT")
+                                  reason="INVALID_ROLE", param=f"messages[{i}].role")
+    if not any(m.content.strip() for m in messages):
+        raise InvalidArgument("messages have no content", reason="EMPTY_INPUT", param="messages")
     return messages
 
 
-def check_sampling(*, max_tokens: int | None, temperature: float | None, top_p: float | None, stop: list[str],
-                   default_max_tokens: int, limit: int) -> tuple[int, float, float, tuple[str, ...]]:
-    max_tokens = default_max_tokens if max_tokens is None else max_tokens
+def _range(param: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
+    if not (low < value if low_open else low <= value) or not value <= high:
+        raise InvalidArgument(f"{param} must be {'greater than' if low_open else 'at least'} {low:g} and at most "
+                              f"{high:g}; got {value:g}", reason="INVALID_SAMPLING", param=param)
+
+
+def check_sampling(request: SamplingRequest, *, default_max_tokens: int, limit: int) -> Sampling:
+    max_tokens = default_max_tokens if request.max_tokens is None else request.max_tokens
     if not 1 <= max_tokens <= limit:
-        raise InvalidArgument(f"max_tokens must be between 1 and {limit}; got {max_tokens}", reason="INVALID_MAX_TOKENS")
-    temperature = 0.7 if temperature is None else temperature
-    if not 0.0 <= temperature <= 2.0:
-        raise InvalidArgument(f"temperature must be between 0 and 2; got {temperature:g}", reason="INVALID_TEMPERATURE")
-    top_p = 1.0 if top_p is None else top_p
-    if not 0.0 < top_p <= 1.0:
-        raise InvalidArgument(f"top_p must be greater than 0 and at most 1; got {top_p:g}", reason="INVALID_TOP_P")
+        raise InvalidArgument(f"{request.max_tokens_param} must be between 1 and {limit}; got {max_tokens}",
+                              reason="INVALID_MAX_TOKENS", param=request.max_tokens_param)
+    temperature = 0.7 if request.temperature is None else request.temperature
+    _range("temperature", temperature, 0.0, 2.0)
+    top_p = 1.0 if request.top_p is None else request.top_p
+    _range("top_p", top_p, 0.0, 1.0, low_open=True)
+    stop = request.stop
     if len(stop) > MAX_STOP_WORDS or any(not s or len(s) > MAX_STOP_LENGTH for s in stop):
         raise InvalidArgument(f"stop takes at most {MAX_STOP_WORDS} non-empty strings of at most "
-                              f"{MAX_STOP_LENGTH} characters", reason="INVALID_STOP")
-    return max_tokens, temperature, top_p, tuple(stop)
+                              f"{MAX_STOP_LENGTH} characters", reason="INVALID_STOP", param="stop")
+    for param in ("presence_penalty", "frequency_penalty"):
+        if (value := getattr(request, param)) is not None:
+            _range(param, value, -2.0, 2.0)
+    if request.seed is not None and not SEED_RANGE[0] <= request.seed <= SEED_RANGE[1]:
+        raise InvalidArgument("seed must be a 64-bit integer", reason="INVALID_SAMPLING", param="seed")
+    bias = request.logit_bias or {}
+    if len(bias) > MAX_LOGIT_BIAS:
+        raise InvalidArgument(f"logit_bias takes at most {MAX_LOGIT_BIAS} tokens; got {len(bias)}",
+                              reason="INVALID_SAMPLING", param="logit_bias")
+    for token, value in bias.items():
+        if token < 0:
+            raise InvalidArgument(f"logit_bias: {token} is not a token id", reason="INVALID_SAMPLING",
+                                  param="logit_bias")
+        _range(f"logit_bias[{token}]", value, -100.0, 100.0)
+    if not 0 <= request.top_logprobs <= MAX_TOP_LOGPROBS:
+        raise InvalidArgument(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}; got {request.top_logprobs}",
+                              reason="INVALID_SAMPLING", param="top_logprobs")
+    guide_type, guide = "", ""
+    if request.response_format not in (None, "", "text"):
+        if request.response_format not in RESPONSE_FORMATS:
+            raise InvalidArgument(f"response_format.type must be one of {', '.join(RESPONSE_FORMATS)}; got "
+                                  f"{request.response_format[:32]!r}", reason="INVALID_RESPONSE_FORMAT",
+                                  param="response_format.type")
+        if request.response_format == "json_object":
+            guide_type = "json"
+        else:
+            if not isinstance(request.json_schema, dict) or not request.json_schema:
+                raise InvalidArgument("response_format json_schema needs json_schema.schema, a JSON Schema object",
+                                      reason="INVALID_RESPONSE_FORMAT", param="response_format.json_schema.schema")
+            guide_type, guide = "json_schema", json.dumps(request.json_schema)
+    return Sampling(max_tokens, temperature, top_p, tuple(stop), seed=request.seed,
+                    presence_penalty=request.presence_penalty, frequency_penalty=request.frequency_penalty,
+                    guide_type=guide_type, guide=guide, logit_bias=tuple(sorted(bias.items())),
+                    logprobs=request.logprobs, top_logprobs=request.top_logprobs)
 
 
 async def render_chat(metadata: dict[str, Any], messages: list[Message], *, system_template: str | None = None,
@@ -75,11 +147,26 @@ async def render_chat(metadata: dict[str, Any], messages: list[Message], *, syst
     if not isinstance(source, str):  # registered before the registry checked metadata
         raise InvalidArgument(f"{CHAT_TEMPLATE} is not a string; register a new model version with a valid one",
                               reason="TEMPLATE_ERROR")
-    variables = {"messages": [{"role": m.role, "content": m.content} for m in messages],
+    if system_template is None and source == DEFAULT_CHAT_TEMPLATE:
+        return chatml(messages)  # the platform's own template: no trip to the pool
+    variables = {"messages": [message_variables(m) for m in messages],
                  "add_generation_prompt": True}
     render = _render_chat_now if system_template is None else functools.partial(
         _render_with_system_now, system_template, template_variables or {})
     return await _render_in_pool(render, source, variables, CHAT_TEMPLATE)
+
+
+def chatml(messages: list[Message]) -> str:
+    """DEFAULT_CHAT_TEMPLATE's render, written out (the same text, tested): it is what the bundled
+    models and most chat models use, and its cost is linear in the messages, so it renders on the
+    event loop instead of a worker thread (a hop per request: about a tenth of the router's CPU)."""
+    return "".join(f"<|im_start|>{m.role}\n{m.content}<|im_end|>\n" for m in messages) + "<|im_start|>assistant\n"
+
+
+def message_variables(message: Message) -> dict[str, str]:
+    """A message as a chat template sees it: role, content, and name when the caller gave one."""
+    return ({"role": message.role, "content": message.content, "name": message.name} if message.name
+            else {"role": message.role, "content": message.content})
 
 
 async def render_prompt_template(source: str, variables: dict[str, Any]) -> str:

@@ -18,9 +18,10 @@ from .experiments import follow as follow_experiments
 from .outcomes import OutcomeJournal, OutcomeSink, grpc_delivery, redis_delivery
 from .routes import RouteTable, follow
 from .service import InferenceService
-from .servicer import InferenceServicer
+from .servicer import InferenceServicer, OpenAIServicer
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+OPENAI_SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["OpenAIService"].full_name
 
 
 @dataclass
@@ -69,11 +70,14 @@ async def start(settings: Settings, *, port: int | None = None) -> Router:
     service = InferenceService(table=table, pool=pool, limiter=limiter, outcomes=outcomes,
                                timeout_s=settings.router_request_timeout_s,
                                max_output_tokens=settings.max_output_tokens,
-                               queue_limit=settings.router_queue_per_replica, experiments=experiments)
+                               queue_limit=settings.router_queue_per_replica, queue_budget=settings.router_queue_budget,
+                               experiments=experiments)
     running = await start_server(
         service="router",
         servicers=[Servicer(inference_pb2_grpc.add_InferenceServiceServicer_to_server,
-                            InferenceServicer(service), SERVICE_NAME)],
+                            InferenceServicer(service), SERVICE_NAME),
+                   Servicer(inference_pb2_grpc.add_OpenAIServiceServicer_to_server,
+                            OpenAIServicer(service), OPENAI_SERVICE_NAME)],
         address=f"{settings.host}:{port}",
         service_token=settings.service_token,
     )

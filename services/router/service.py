@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -23,7 +24,8 @@ from .backends import Chunk, ReplicaFailure, ReplicaPool, Sampling
 from .experiments import Assignment, ExperimentTable
 from .limits import RateLimiter
 from .outcomes import Outcome, OutcomeSink
-from .prompting import Message, check_messages, check_sampling, model_stop_words, render_chat, render_prompt_template
+from .prompting import (Message, SamplingRequest, check_messages, check_sampling, message_variables, model_stop_words,
+                        render_chat, render_prompt_template)
 from .routes import Route, RouteTable
 
 log = structlog.get_logger()
@@ -37,6 +39,7 @@ TTFT = Histogram("llmops_inference_time_to_first_token_seconds", "Time to the fi
 TOKENS_PER_S = Histogram("llmops_inference_output_tokens_per_second", "Generation speed after the first token.",
                          ["endpoint"], buckets=(1, 5, 10, 25, 50, 100, 200, 400, 800))
 DEFAULT_MAX_TOKENS = 256
+MAX_CHOICES = 8  # n: each choice is a generation of its own, and a replica runs 8 at most
 T = TypeVar("T")
 
 
@@ -50,6 +53,7 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     experiment: Assignment | None = None
+    logprobs: tuple[dict, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ class HealthReport:
 
 class InferenceService:
     def __init__(self, *, table: RouteTable, pool: ReplicaPool, limiter: RateLimiter, outcomes: OutcomeSink,
-                 timeout_s: float, max_output_tokens: int, queue_limit: int = 8,
+                 timeout_s: float, max_output_tokens: int, queue_limit: int = 8, queue_budget: float = 0.0,
                  experiments: ExperimentTable | None = None) -> None:
         self._table = table
         self._experiments = experiments or ExperimentTable()
@@ -100,11 +104,11 @@ class InferenceService:
         self._timeout = timeout_s
         self._max_output = max_output_tokens
         self._queue_limit = queue_limit  # requests in flight per replica; more wait in no queue
+        self._queue_budget = queue_budget  # the expected wait admitted, in service times (admission.py)
 
     # generation ----------------------------------------------------------------------------------------------
 
-    async def chat_stream(self, *, actor: Identity, name: str, messages: list[Message], max_tokens: int | None,
-                          temperature: float | None, top_p: float | None, stop: list[str],
+    async def chat_stream(self, *, actor: Identity, name: str, messages: list[Message], sampling: SamplingRequest,
                           variables: dict[str, Any] | None = None, buffered: bool = False) -> Answer:
         """Check and render now (errors before any chunk); the answer's chunks come as generated, or,
         buffered (a unary call), all at once at the end, so that a replica that fails mid-generation
@@ -118,24 +122,22 @@ class InferenceService:
             template_variables = {
                 **(variables or {}), "system": "\n".join(m.content for m in messages if m.role == "system"),
                 "user_message": next((m.content for m in reversed(messages) if m.role == "user"), ""),
-                "messages": [{"role": m.role, "content": m.content} for m in messages],
+                "messages": [message_variables(m) for m in messages],
                 "user": actor.user_id, "endpoint": route.name}
         prompt = await render_chat(route.metadata, messages, system_template=assignment and assignment.template,
                                    template_variables=template_variables)
         if not prompt.strip():  # nothing for the model to continue: the template's doing, not the replica's
             raise InvalidArgument(f"the chat template of endpoint {name} rendered an empty prompt for these "
                                   "messages", reason="EMPTY_PROMPT")
-        check_prompt_length(route, prompt)
-        sampling = self._sampling(route, max_tokens, temperature, top_p, stop)
-        return Answer(self._generate(actor, route, prompt, sampling, kind="chat", buffered=buffered,
-                                     assignment=assignment), assignment)
+        check_prompt_length(route, prompt, "messages")
+        return Answer(self._generate(actor, route, prompt, self._sampling(route, sampling), kind="chat",
+                                     buffered=buffered, assignment=assignment), assignment)
 
-    async def complete_stream(self, *, actor: Identity, name: str, prompt: str, max_tokens: int | None,
-                              temperature: float | None, top_p: float | None, stop: list[str],
+    async def complete_stream(self, *, actor: Identity, name: str, prompt: str, sampling: SamplingRequest,
                               variables: dict[str, Any] | None = None, buffered: bool = False) -> Answer:
         route = await self._route(name, kinds=("chat", "completion"))
         if not prompt.strip():
-            raise InvalidArgument("prompt must not be empty", reason="EMPTY_INPUT")
+            raise InvalidArgument("prompt must not be empty", reason="EMPTY_INPUT", param="prompt")
         await self._experiments.wait_synced()
         assignment = self._experiments.assign(route.name, actor.user_id, "completion")
         if assignment is not None:  # the experiment's template wraps the prompt
@@ -144,27 +146,25 @@ class InferenceService:
             if not prompt.strip():
                 raise InvalidArgument(f"the experiment's prompt template rendered an empty prompt on endpoint "
                                       f"{name}", reason="EMPTY_PROMPT")
-        check_prompt_length(route, prompt)
-        sampling = self._sampling(route, max_tokens, temperature, top_p, stop)
-        return Answer(self._generate(actor, route, prompt, sampling, kind="completion", buffered=buffered,
-                                     assignment=assignment), assignment)
+        check_prompt_length(route, prompt, "prompt")
+        return Answer(self._generate(actor, route, prompt, self._sampling(route, sampling), kind="completion",
+                                     buffered=buffered, assignment=assignment), assignment)
 
     async def collect(self, answer: Answer, name: str) -> Generation:
-        text, last = [], Chunk("")
+        text, logprobs, last = [], [], Chunk("")
         async for chunk in answer.chunks:
             text.append(chunk.text)
+            logprobs += chunk.logprobs
             last = chunk
         return Generation(id=f"chatcmpl-{current_request_id() or uuid.uuid4()}", created=int(time.time()),
                           model=name, text="".join(text), finish_reason=last.finish_reason,
                           prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens,
-                          experiment=answer.experiment)
+                          experiment=answer.experiment, logprobs=tuple(logprobs))
 
-    def _sampling(self, route: Route, max_tokens, temperature, top_p, stop) -> Sampling:  # noqa: ANN001
+    def _sampling(self, route: Route, request: SamplingRequest) -> Sampling:
         limit = min(self._max_output, context_length(route.metadata))
-        max_tokens, temperature, top_p, stop_words = check_sampling(
-            max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=list(stop),
-            default_max_tokens=min(DEFAULT_MAX_TOKENS, limit), limit=limit)
-        return Sampling(max_tokens, temperature, top_p, stop_words + model_stop_words(route.metadata))
+        sampling = check_sampling(request, default_max_tokens=min(DEFAULT_MAX_TOKENS, limit), limit=limit)
+        return dataclasses.replace(sampling, stop=sampling.stop + model_stop_words(route.metadata))
 
     async def _generate(self, actor: Identity, route: Route, prompt: str, sampling: Sampling, *,
                         kind: str, buffered: bool, assignment: Assignment | None) -> AsyncIterator[Chunk]:
@@ -204,7 +204,7 @@ class InferenceService:
         route = await self._route(name, kinds=("embedding",))
         if not texts or any(not t.strip() for t in texts):
             raise InvalidArgument("input must be a non-empty string or a list of non-empty strings",
-                                  reason="EMPTY_INPUT")
+                                  reason="EMPTY_INPUT", param="input")
         check_embedding_input(route.name, texts, EmbeddingLimits.from_metadata(route.metadata))
         await self._limiter.check(actor.user_id)
         async with self._accounted(actor, route, "embedding") as call:
@@ -228,13 +228,17 @@ class InferenceService:
         each once. The newest replica set is read on each step, so a retry sees replicas that
         changed during the request."""
         tried: set[str] = set()
+        budget = route.metadata.get("queue_budget")  # the model's own, if it has one (checked at registration)
+        if not isinstance(budget, int | float) or isinstance(budget, bool):  # none, or registered before the check
+            budget = self._queue_budget
         while True:
             replicas = (self._table.get(route.name) or route).replicas
-            address = self._pool.pick(replicas, tried, capacity=self._queue_limit)
+            address = self._pool.pick(replicas, tried, capacity=self._queue_limit, queue_budget=budget)
             if address is None:
                 if any(a not in tried for a in replicas):  # all the others are full: no waiting in line
-                    raise Unavailable(f"endpoint {route.name} is busy: {self._queue_limit} requests in flight on "
-                                      f"each ready replica; retry shortly", reason="ENDPOINT_BUSY", retry_after_s=1)
+                    raise Unavailable(f"endpoint {route.name} is busy: each ready replica has {self._queue_limit} "
+                                      "requests in flight or more queued than its admission budget; retry shortly",
+                                      reason="ENDPOINT_BUSY", retry_after_s=1)
                 return
             tried.add(address)
             yield address
@@ -331,14 +335,76 @@ class InferenceService:
         return route
 
 
-def check_prompt_length(route: Route, prompt: str) -> None:
+def choice_samplings(sampling: SamplingRequest, n: int | None) -> list[SamplingRequest]:
+    """One sampling per choice (OpenAI's n). With a seed, choice i samples with seed + i: the
+    choices differ from each other, and the same request gives the same choices again."""
+    n = 1 if n is None else n
+    if not 1 <= n <= MAX_CHOICES:
+        raise InvalidArgument(f"n must be between 1 and {MAX_CHOICES}; got {n}", reason="INVALID_SAMPLING", param="n")
+    if sampling.seed is None:
+        return [sampling] * n
+    return [dataclasses.replace(sampling, seed=(sampling.seed + i) % 2**64 if i else sampling.seed)
+            for i in range(n)]
+
+
+async def collect_all(service: InferenceService, answers: list[Answer], name: str) -> list[Generation]:
+    """The choices' generations, run side by side; the first failure is raised once all have ended.
+    One failing does not cancel the others: Triton 2.51 can crash on a stream cancelled just as it
+    completes (triton-inference-server/server#8078), and choices mostly fail together (bad input)."""
+    if len(answers) == 1:
+        return [await service.collect(answers[0], name)]
+    results = await asyncio.gather(*(service.collect(a, name) for a in answers), return_exceptions=True)
+    if failed := next((r for r in results if isinstance(r, BaseException)), None):
+        raise failed
+    return results
+
+
+async def merge(answers: list[Answer]) -> AsyncIterator[tuple[int, Chunk]]:
+    """The chunks of the choices' generations as they come, each with its choice's index. After a
+    failure the others run to their end unread (see collect_all); a consumer that goes away cancels them."""
+    if len(answers) == 1:
+        async for chunk in answers[0].chunks:
+            yield 0, chunk
+        return
+    queue: asyncio.Queue[tuple[int, Chunk | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int, chunks: AsyncIterator[Chunk]) -> None:
+        try:
+            async for chunk in chunks:
+                await queue.put((index, chunk))
+            await queue.put((index, None))
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            await queue.put((index, exc))
+
+    tasks = [asyncio.create_task(pump(i, a.chunks), name=f"choice-{i}") for i, a in enumerate(answers)]
+    failed = False
+    try:
+        running = len(tasks)
+        while running:
+            index, item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                failed = True
+                raise item
+            else:
+                yield index, item
+    finally:
+        if not failed:  # the client gone (or done): the other choices stop on their replicas
+            for task in tasks:
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def check_prompt_length(route: Route, prompt: str, param: str) -> None:
     """Refuse, before anything reaches Triton, a prompt that cannot fit the context; the model counts
     the tokens of the rest exactly (400 with the count when it does not fit)."""
     context = context_length(route.metadata)
     if len(prompt) > context * CHARS_PER_TOKEN_BOUND:
         raise InvalidArgument(
             f"the prompt is {len(prompt)} characters; endpoint {route.name} holds {context} tokens of context, "
-            f"and more than {context * CHARS_PER_TOKEN_BOUND} characters cannot fit", reason="PROMPT_TOO_LONG")
+            f"and more than {context * CHARS_PER_TOKEN_BOUND} characters cannot fit", reason="PROMPT_TOO_LONG",
+            param=param)
 
 
 def check_embedding_input(endpoint: str, texts: list[str], limits: EmbeddingLimits) -> None:
@@ -346,19 +412,19 @@ def check_embedding_input(endpoint: str, texts: list[str], limits: EmbeddingLimi
     counts the tokens of the rest exactly (the same limits) before it embeds anything."""
     if len(texts) > limits.inputs:
         raise InvalidArgument(f"input holds {len(texts)} strings; endpoint {endpoint} takes at most {limits.inputs} "
-                              "per request", reason="TOO_MANY_INPUTS")
+                              "per request", reason="TOO_MANY_INPUTS", param="input")
     for i, text in enumerate(texts):
         if len(text) > limits.input_chars:
             raise InvalidArgument(
                 f"input {i} is {len(text)} characters; endpoint {endpoint} takes at most {limits.input_tokens} "
                 f"tokens per input, and an input over {limits.input_chars} characters cannot fit",
-                reason="INPUT_TOO_LONG")
+                reason="INPUT_TOO_LONG", param="input")
     total = sum(len(t) for t in texts)
     if total > limits.request_chars:
         raise InvalidArgument(
             f"the inputs are {total} characters in all; endpoint {endpoint} takes at most {limits.request_tokens} "
             f"tokens per request, and more than {limits.request_chars} characters cannot fit",
-            reason="REQUEST_TOO_LONG")
+            reason="REQUEST_TOO_LONG", param="input")
 
 
 def _no_replica_left(route: Route, failure: ReplicaFailure | None) -> Unavailable:

@@ -5,19 +5,22 @@ from __future__ import annotations
 import time
 import uuid
 
+from google.api import httpbody_pb2
 from google.protobuf import json_format, struct_pb2
 
 from llmops.v1 import inference_pb2 as pb
 from llmops.v1 import inference_pb2_grpc
-from shared.errors import InvalidArgument
+from shared.errors import STATUS_TABLE, DomainError, InvalidArgument
 from shared.identity import current_identity, current_request_id
 from shared.interceptors import add_response_metadata
 from shared.timeutil import to_timestamp, utcnow
 
+from . import openai_api as oai
+from .backends import Chunk
 from .experiments import Assignment
-from .prompting import Message
+from .prompting import Message, SamplingRequest
 from .routes import Route
-from .service import Answer, Generation, InferenceService
+from .service import Answer, Generation, InferenceService, choice_samplings, collect_all, merge
 
 
 def _name(request) -> str:  # noqa: ANN001
@@ -45,6 +48,20 @@ def _variables(request) -> dict | None:  # noqa: ANN001
     return json_format.MessageToDict(request.variables) if request.HasField("variables") else None
 
 
+def _sampling(request) -> SamplingRequest:  # noqa: ANN001 - a ChatRequest or a CompleteRequest
+    """The typed API's parameters, checked by the same rules as OpenAI's /v1."""
+    newer = request.HasField("max_completion_tokens")
+    fmt = request.response_format if request.HasField("response_format") else None
+    schema = fmt.json_schema.schema if fmt is not None and fmt.json_schema.HasField("schema") else None
+    return SamplingRequest(
+        max_tokens=request.max_completion_tokens if newer else _optional(request, "max_tokens"),
+        max_tokens_param="max_completion_tokens" if newer else "max_tokens",
+        temperature=_optional(request, "temperature"), top_p=_optional(request, "top_p"), stop=tuple(request.stop),
+        seed=_optional(request, "seed"), presence_penalty=_optional(request, "presence_penalty"),
+        frequency_penalty=_optional(request, "frequency_penalty"), response_format=fmt.type if fmt else None,
+        json_schema=json_format.MessageToDict(schema) if schema is not None else None)
+
+
 # On /v1 the body is OpenAI's, so the experiment that chose the prompt comes as response headers.
 EXPERIMENT_HEADERS = ("x-llmops-experiment-id", "x-llmops-experiment-variant", "x-llmops-experiment-template-id")
 
@@ -70,72 +87,85 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(self, service: InferenceService) -> None:
         self._service = service
 
-    async def _chat_answer(self, request: pb.ChatRequest, *, buffered: bool = False) -> Answer:
-        return await self._service.chat_stream(
-            actor=current_identity(), name=_name(request),
-            messages=[Message(m.role, m.content) for m in request.messages],
-            max_tokens=_optional(request, "max_tokens"), temperature=_optional(request, "temperature"),
-            top_p=_optional(request, "top_p"), stop=list(request.stop), variables=_variables(request),
-            buffered=buffered)
+    async def _chat_answers(self, request: pb.ChatRequest, *, buffered: bool = False) -> list[Answer]:
+        messages, actor = [Message(m.role, m.content, m.name) for m in request.messages], current_identity()
+        return [await self._service.chat_stream(actor=actor, name=_name(request), messages=messages,
+                                                sampling=sampling, variables=_variables(request), buffered=buffered)
+                for sampling in choice_samplings(_sampling(request), _optional(request, "n"))]
 
-    async def _completion_answer(self, request: pb.CompleteRequest, *, buffered: bool = False) -> Answer:
-        return await self._service.complete_stream(
-            actor=current_identity(), name=_name(request), prompt=request.prompt,
-            max_tokens=_optional(request, "max_tokens"), temperature=_optional(request, "temperature"),
-            top_p=_optional(request, "top_p"), stop=list(request.stop), variables=_variables(request),
-            buffered=buffered)
+    async def _completion_answers(self, request: pb.CompleteRequest, *, buffered: bool = False) -> list[Answer]:
+        actor = current_identity()
+        return [await self._service.complete_stream(actor=actor, name=_name(request), prompt=request.prompt,
+                                                    sampling=sampling, variables=_variables(request),
+                                                    buffered=buffered)
+                for sampling in choice_samplings(_sampling(request), _optional(request, "n"))]
 
     async def Chat(self, request: pb.ChatRequest, context) -> pb.ChatResponse:  # noqa: N802
-        gen: Generation = await self._service.collect(await self._chat_answer(request, buffered=True), _name(request))
-        add_response_metadata(*_experiment_headers(gen.experiment))
+        gens = await collect_all(self._service, await self._chat_answers(request, buffered=True), _name(request))
+        first: Generation = gens[0]
+        add_response_metadata(*_experiment_headers(first.experiment))
         return pb.ChatResponse(
-            id=gen.id, object="chat.completion", created=gen.created, model=gen.model,
-            choices=[pb.ChatChoice(index=0, message=pb.ChatMessage(role="assistant", content=gen.text),
-                                   finish_reason=gen.finish_reason)],
-            usage=_usage(gen.prompt_tokens, gen.completion_tokens), experiment=_experiment(gen.experiment))
+            id=first.id, object="chat.completion", created=first.created, model=first.model,
+            choices=[pb.ChatChoice(index=i, message=pb.ChatMessage(role="assistant", content=gen.text),
+                                   finish_reason=gen.finish_reason) for i, gen in enumerate(gens)],
+            usage=_usage(first.prompt_tokens, sum(g.completion_tokens for g in gens)),
+            experiment=_experiment(first.experiment))
 
     async def ChatStream(self, request: pb.ChatStreamRequest, context):  # noqa: N802
         inner = request.request
-        stream_id, created, first = f"chatcmpl-{current_request_id() or uuid.uuid4()}", int(time.time()), True
-        answer = await self._chat_answer(inner)
-        experiment, headers = _experiment(answer.experiment), _experiment_headers(answer.experiment)
-        async for chunk in answer.chunks:
+        stream_id, created, opened = f"chatcmpl-{current_request_id() or uuid.uuid4()}", int(time.time()), set()
+        answers = await self._chat_answers(inner)
+        experiment, headers = _experiment(answers[0].experiment), _experiment_headers(answers[0].experiment)
+        completion_tokens = finished = 0
+        async for index, chunk in merge(answers):
             if headers:  # with the first chunk: an error before it (429, 503) still gets its own status
                 await context.send_initial_metadata(headers)
                 headers = ()
+            first = index not in opened
             if not chunk.text and not chunk.final and not first:
                 continue
+            opened.add(index)
+            finished += chunk.final
+            completion_tokens += chunk.completion_tokens if chunk.final else 0
             delta = pb.ChatDelta(role="assistant" if first else "", content=chunk.text)
-            first = False
             yield pb.ChatStreamResponse(
                 id=stream_id, object="chat.completion.chunk", created=created, model=_name(inner),
-                choices=[pb.ChatStreamChoice(index=0, delta=delta, finish_reason=chunk.finish_reason)],
-                usage=_usage(chunk.prompt_tokens, chunk.completion_tokens) if chunk.final else None,
+                choices=[pb.ChatStreamChoice(index=index, delta=delta, finish_reason=chunk.finish_reason)],
+                # on the last choice's final chunk: the prompt once, every choice's tokens
+                usage=_usage(chunk.prompt_tokens, completion_tokens) if finished == len(answers) else None,
                 experiment=experiment)
 
     async def Complete(self, request: pb.CompleteRequest, context) -> pb.CompleteResponse:  # noqa: N802
-        gen = await self._service.collect(await self._completion_answer(request, buffered=True), _name(request))
-        add_response_metadata(*_experiment_headers(gen.experiment))
+        gens = await collect_all(self._service, await self._completion_answers(request, buffered=True),
+                                 _name(request))
+        first = gens[0]
+        add_response_metadata(*_experiment_headers(first.experiment))
         return pb.CompleteResponse(
-            id=gen.id.replace("chatcmpl-", "cmpl-"), object="text_completion", created=gen.created, model=gen.model,
-            choices=[pb.CompletionChoice(index=0, text=gen.text, finish_reason=gen.finish_reason)],
-            usage=_usage(gen.prompt_tokens, gen.completion_tokens), experiment=_experiment(gen.experiment))
+            id=first.id.replace("chatcmpl-", "cmpl-"), object="text_completion", created=first.created,
+            model=first.model,
+            choices=[pb.CompletionChoice(index=i, text=gen.text, finish_reason=gen.finish_reason)
+                     for i, gen in enumerate(gens)],
+            usage=_usage(first.prompt_tokens, sum(g.completion_tokens for g in gens)),
+            experiment=_experiment(first.experiment))
 
     async def CompleteStream(self, request: pb.CompleteStreamRequest, context):  # noqa: N802
         inner = request.request
         stream_id, created = f"cmpl-{current_request_id() or uuid.uuid4()}", int(time.time())
-        answer = await self._completion_answer(inner)
-        experiment, headers = _experiment(answer.experiment), _experiment_headers(answer.experiment)
-        async for chunk in answer.chunks:
+        answers = await self._completion_answers(inner)
+        experiment, headers = _experiment(answers[0].experiment), _experiment_headers(answers[0].experiment)
+        completion_tokens = finished = 0
+        async for index, chunk in merge(answers):
             if headers:
                 await context.send_initial_metadata(headers)
                 headers = ()
             if not chunk.text and not chunk.final:
                 continue
+            finished += chunk.final
+            completion_tokens += chunk.completion_tokens if chunk.final else 0
             yield pb.CompleteStreamResponse(
                 id=stream_id, object="text_completion", created=created, model=_name(inner),
-                choices=[pb.CompletionChoice(index=0, text=chunk.text, finish_reason=chunk.finish_reason)],
-                usage=_usage(chunk.prompt_tokens, chunk.completion_tokens) if chunk.final else None,
+                choices=[pb.CompletionChoice(index=index, text=chunk.text, finish_reason=chunk.finish_reason)],
+                usage=_usage(chunk.prompt_tokens, completion_tokens) if finished == len(answers) else None,
                 experiment=experiment)
 
     async def Embed(self, request: pb.EmbedRequest, context) -> pb.EmbedResponse:  # noqa: N802
@@ -158,3 +188,153 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     async def GetServedModel(self, request: pb.GetServedModelRequest, context) -> pb.ServedModel:  # noqa: N802
         return _served_model(await self._service.served_model(name=request.model))
+
+
+# OpenAI's /v1 ------------------------------------------------------------------------------------------------
+
+def _json(data: bytes) -> httpbody_pb2.HttpBody:
+    return httpbody_pb2.HttpBody(content_type="application/json", data=data)
+
+
+def _event(data: bytes) -> httpbody_pb2.HttpBody:
+    return httpbody_pb2.HttpBody(content_type="text/event-stream", data=data)
+
+
+def _error_event(exc: DomainError) -> bytes:
+    """An error after the stream began (its 200 is sent): OpenAI's clients raise it from the event."""
+    return oai.sse({"error": {"message": exc.message, "type": STATUS_TABLE[exc.code][1], "param": exc.param,
+                              "code": exc.code.name.lower()}})
+
+
+def _unary(body: oai.SampledBody) -> None:
+    if body.stream:  # the gateway sends "stream": true to the :stream binding; this key was escaped
+        raise InvalidArgument('stream: write the key as plain "stream" for a streamed answer',
+                              reason="INVALID_INPUT", param="stream")
+
+
+class OpenAIServicer(inference_pb2_grpc.OpenAIServiceServicer):
+    """OpenAI's JSON in and out (google.api.HttpBody); the use cases are InferenceService's."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self._service = service
+
+    async def _chat(self, request, *, buffered: bool) -> tuple[oai.ChatCompletionBody, list[Answer]]:  # noqa: ANN001
+        body = oai.parse(oai.ChatCompletionBody, request.body.data)
+        if buffered:
+            _unary(body)
+        body.refusals()
+        messages, actor = body.chat_messages(), current_identity()
+        answers = [await self._service.chat_stream(actor=actor, name=body.model, messages=messages, sampling=sampling,
+                                                   variables=body.variables, buffered=buffered)
+                   for sampling in choice_samplings(body.sampling(), body.n)]
+        return body, answers
+
+    async def _completion(self, request, *, buffered: bool) -> tuple[oai.CompletionBody, list[Answer]]:  # noqa: ANN001
+        body = oai.parse(oai.CompletionBody, request.body.data)
+        if buffered:
+            _unary(body)
+        body.refusals()
+        prompt, actor = body.prompt_text(), current_identity()
+        answers = [await self._service.complete_stream(actor=actor, name=body.model, prompt=prompt, sampling=sampling,
+                                                       variables=body.variables, buffered=buffered)
+                   for sampling in choice_samplings(body.sampling(), body.n)]
+        return body, answers
+
+    async def CreateChatCompletion(self, request, context) -> httpbody_pb2.HttpBody:  # noqa: N802, ANN001
+        body, answers = await self._chat(request, buffered=True)
+        gens = await collect_all(self._service, answers, body.model)
+        add_response_metadata(*_experiment_headers(gens[0].experiment))
+        choices = [oai.chat_message_choice(i, gen.text, gen.finish_reason,
+                                           oai.chat_logprobs(gen.logprobs if body.logprobs else None))
+                   for i, gen in enumerate(gens)]
+        return _json(oai.completion_object("chat.completion", gens, choices))
+
+    async def CreateCompletion(self, request, context) -> httpbody_pb2.HttpBody:  # noqa: N802, ANN001
+        body, answers = await self._completion(request, buffered=True)
+        gens = await collect_all(self._service, answers, body.model)
+        add_response_metadata(*_experiment_headers(gens[0].experiment))
+        echo = body.prompt_text() if body.echo else ""
+        choices = [oai.completion_choice(index=i, text=echo + gen.text, finish_reason=gen.finish_reason,
+                                         logprobs=oai.completion_logprobs(
+                                             gen.logprobs if body.logprobs is not None else None))
+                   for i, gen in enumerate(gens)]
+        return _json(oai.completion_object("text_completion", gens, choices))
+
+    async def StreamChatCompletion(self, request, context):  # noqa: N802, ANN001, ANN201
+        body, answers = await self._chat(request, buffered=False)
+        writer = oai.ChunkWriter(id=f"chatcmpl-{current_request_id() or uuid.uuid4()}", created=int(time.time()),
+                                 model=body.model, object="chat.completion.chunk",
+                                 include_usage=body.include_usage())
+
+        def first(index: int) -> bytes:
+            return writer.event([oai.chat_choice(index=index, delta={"role": "assistant", "content": ""})])
+
+        def text(index: int, chunk: Chunk) -> bytes:
+            logprobs = oai.chat_logprobs(chunk.logprobs if body.logprobs else None)
+            return writer.event([oai.chat_choice(index=index, delta={"content": chunk.text}, logprobs=logprobs)])
+
+        def last(index: int, reason: str) -> bytes:
+            return writer.event([oai.chat_choice(index=index, finish_reason=reason)])
+
+        async for event in _stream(answers, context, writer, first, text, last):
+            yield event
+
+    async def StreamCompletion(self, request, context):  # noqa: N802, ANN001, ANN201
+        body, answers = await self._completion(request, buffered=False)
+        writer = oai.ChunkWriter(id=f"cmpl-{current_request_id() or uuid.uuid4()}", created=int(time.time()),
+                                 model=body.model, object="text_completion",
+                                 include_usage=body.include_usage())
+        echo = body.prompt_text() if body.echo else ""
+        offsets = [0] * len(answers)  # of each choice's next text, for logprobs.text_offset
+
+        def first(index: int) -> bytes | None:
+            return writer.event([oai.completion_choice(index=index, text=echo)]) if echo else None
+
+        def text(index: int, chunk: Chunk) -> bytes:
+            logprobs = oai.completion_logprobs(chunk.logprobs if body.logprobs is not None else None, offsets[index])
+            offsets[index] += len(chunk.text)
+            return writer.event([oai.completion_choice(index=index, text=chunk.text, logprobs=logprobs)])
+
+        def last(index: int, reason: str) -> bytes:
+            return writer.event([oai.completion_choice(index=index, finish_reason=reason)])
+
+        async for event in _stream(answers, context, writer, first, text, last):
+            yield event
+
+    async def CreateEmbedding(self, request, context) -> httpbody_pb2.HttpBody:  # noqa: N802, ANN001
+        body = oai.parse(oai.EmbeddingBody, request.body.data)
+        body.refusals()
+        texts = body.texts()
+        result = await self._service.embed(actor=current_identity(), name=body.model, texts=texts)
+        return _json(oai.embeddings(model=result.model, vectors=result.vectors, prompt_tokens=result.prompt_tokens,
+                                    encoding_format=body.encoding_format, dimensions=body.dimensions))
+
+
+async def _stream(answers: list[Answer], context, writer: oai.ChunkWriter, first, text, last):  # noqa: ANN001, ANN202
+    """Nothing is sent before the model's first chunk, so that an error until then (429, 503) keeps
+    its own HTTP status; after it, an error is an error event, and the stream ends. With n choices,
+    their chunks interleave as generated, each with its index; the usage counts the prompt once."""
+    headers, started, opened = _experiment_headers(answers[0].experiment), False, set()
+    prompt_tokens = completion_tokens = 0
+    try:
+        async for index, chunk in merge(answers):
+            if not started:
+                await context.send_initial_metadata(headers)
+                started = True
+            if index not in opened:
+                opened.add(index)
+                if (opening := first(index)) is not None:
+                    yield _event(opening)
+            if chunk.text:
+                yield _event(text(index, chunk))
+            if chunk.final:
+                yield _event(last(index, chunk.finish_reason))
+                prompt_tokens, completion_tokens = chunk.prompt_tokens, completion_tokens + chunk.completion_tokens
+    except DomainError as exc:
+        if not started:
+            raise
+        yield _event(_error_event(exc))
+        return
+    if writer.include_usage:
+        yield _event(writer.event([], oai.usage(prompt_tokens, completion_tokens)))
+    yield _event(oai.SSE_DONE)

@@ -32,10 +32,14 @@ class DomainError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     reason: str = "INTERNAL"
 
-    def __init__(self, message: str, *, reason: str | None = None, retry_after_s: int | None = None) -> None:
+    def __init__(self, message: str, *, reason: str | None = None, retry_after_s: int | None = None,
+                 param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s  # sent as retry-after (a header through the gateway)
+        # The request field at fault, OpenAI's error "param" (e.g. "messages[0].content"): a
+        # google.rpc.BadRequest field violation for gRPC clients, x-llmops-param for the gateway.
+        self.param = param
         if reason:
             self.reason = reason
 

@@ -27,6 +27,7 @@ log = structlog.get_logger()
 
 ERROR_DOMAIN = "llmops.dev"
 MESSAGE_KEY = "x-llmops-message"
+PARAM_KEY = "x-llmops-param"  # the field an error is about: OpenAI's error "param" on /v1
 _response_metadata: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar(
     "response_metadata", default=())
 
@@ -37,11 +38,19 @@ def add_response_metadata(*pairs: tuple[str, str]) -> None:
     _response_metadata.set(_response_metadata.get() + pairs)
 
 
-def _status_details(code: grpc.StatusCode, message: str, reason: str) -> tuple[tuple[str, bytes], ...]:
-    detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
-    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
-    return (("grpc-status-details-bin", status.SerializeToString()),)
+def _status_details(code: grpc.StatusCode, message: str, reason: str,
+                    param: str | None = None) -> tuple[tuple[str, str | bytes], ...]:
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
+    details = [info]
+    if param:
+        violation = any_pb2.Any()
+        violation.Pack(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=param, description=message)]))
+        details.append(violation)
+    status = status_pb2.Status(code=code.value[0], message=message, details=details)
+    return (("grpc-status-details-bin", status.SerializeToString()),
+            *(((PARAM_KEY, param),) if param else ()))
 
 
 @dataclass(frozen=True)
@@ -155,7 +164,7 @@ class _Call:
                 code = exc.code
                 retry_after = () if exc.retry_after_s is None else (("retry-after", str(exc.retry_after_s)),)
                 await self.context.abort(code, exc.message,
-                                         _status_details(code, exc.message, exc.reason) + retry_after)
+                                         _status_details(code, exc.message, exc.reason, exc.param) + retry_after)
             elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
                 code = grpc.StatusCode.CANCELLED  # the client went away
             elif exc is not None and not isinstance(exc, grpc.aio.AbortError):

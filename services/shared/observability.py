@@ -31,7 +31,10 @@ def configure_logging(*, level: str = "INFO", json: bool = True) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        # Straight to stderr, not through the standard library's logging (a LogRecord, a handler
+        # and its lock per line): the services log a line per call. Libraries' own logging goes
+        # to the same stream through basicConfig above.
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
 

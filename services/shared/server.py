@@ -4,6 +4,7 @@ call interceptor, bound to a port (0 picks a free one and returns it)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,11 +74,18 @@ async def start_server(
 
 
 async def run_until_signalled(running: RunningServer, *, grace: float, on_stop: Callable[[], Any] | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    """Serve until SIGTERM or SIGINT, then shut down gracefully.
+
+    What the process holds once it serves (modules, descriptors, engines) lives as long as it
+    does: frozen out of the garbage collector, a full collection no longer walks it. Without
+    that, a full collection paused a deployment service with 10,000 endpoints for 36 ms, in
+    4 of 300 ListEndpoints calls (p99 41 ms against a p50 of 4.4 ms; frozen, p99 4.7 ms)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    gc.collect()
+    gc.freeze()
     await stop.wait()
     log.info("stopping", grace_s=grace)
     await running.stop(grace)

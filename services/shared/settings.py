@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     router_queue_per_replica: int = Field(
         default=8, ge=1, description="Requests in flight per replica (one generates, the rest queue in Triton); "
                                      "beyond it a request is answered 503 with Retry-After at once.")
+    router_queue_budget: float = Field(
+        default=1.0, ge=0, description="How long a request may expect to wait behind others on a replica that "
+                                       "has been busy for a while, in the replica's service times (the latency of "
+                                       "a request that finds it idle); beyond it the request is answered 503 with "
+                                       "Retry-After at once, so that admitted requests keep near their unloaded "
+                                       "latency. 0: off (router_queue_per_replica alone bounds the queue).")
 
     # Experiments (experiment service and router)
     experiment_alpha: float = Field(default=0.05, gt=0, lt=1, description="Significance level of the A/B tests.")

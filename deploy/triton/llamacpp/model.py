@@ -2,6 +2,11 @@
 
 One model.py serves any GGUF: the file and the context come from config.pbtxt
 parameters (gguf_path, n_ctx, n_threads; optional top_k, min_p, repeat_penalty).
+Optional inputs, by their TensorRT-LLM names: random_seed, presence_penalty,
+frequency_penalty, return_log_probs, and guided decoding (guided_decoding_guide_type
+json or json_schema, guided_decoding_guide the schema) as a llama.cpp grammar; and
+logit_bias_token_ids with logit_bias_values, top_logprobs (output logprobs: OpenAI's
+entries, as JSON, of the tokens of each response).
 The tensor contract is the TensorRT-LLM ensemble's (see config.pbtxt). The model is
 decoupled: every request gets its responses through its response sender, the last
 one flagged TRITONSERVER_RESPONSE_COMPLETE_FINAL. Requests run one after another
@@ -74,6 +79,39 @@ def _tensor(name, value, dtype):
     return pb_utils.Tensor(name, np.array([value], dtype=dtype))
 
 
+class _Logits:
+    """Adds the logit bias, and keeps the log-probabilities of the step (after the bias, before
+    sampling) for the token it then picks and the `top` likeliest."""
+
+    def __init__(self, bias, top):
+        self.bias, self.top, self.last = bias, top, None
+
+    def __call__(self, _input_ids, logits):
+        if self.bias is not None:
+            logits = logits.copy()
+            np.add.at(logits, self.bias[0], self.bias[1])
+        if self.top is not None:
+            peak = logits.max()
+            self.last = logits - (peak + np.log(np.exp(logits - peak).sum()))
+        return logits
+
+    def entry(self, token, piece, vocab_piece):
+        """OpenAI's log-probability entry of the token just picked."""
+        if self.last is None:
+            return None
+        logprobs = self.last
+        top = []
+        if self.top:
+            best = np.argpartition(-logprobs, self.top)[:self.top]
+            for t in best[np.argsort(-logprobs[best])]:
+                top.append(_logprob(vocab_piece(int(t)), float(logprobs[t])))
+        return {**_logprob(piece, float(logprobs[token])), "top_logprobs": top}
+
+
+def _logprob(piece, value):
+    return {"token": piece.decode("utf-8", errors="replace"), "logprob": max(value, -9999.0), "bytes": list(piece)}
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -108,7 +146,9 @@ class TritonPythonModel:
             try:
                 self._generate(request, sender)
             except InputError as exc:
-                self._fail(sender, str(exc), pb_utils.TritonError.INVALID_ARG)
+                # A stream's error carries the message alone, not the code: the prefix tells the
+                # router that the request was at fault (a 400), not the replica (a 503, retried).
+                self._fail(sender, f"INVALID_ARG: {exc}", pb_utils.TritonError.INVALID_ARG)
             except Exception as exc:  # noqa: BLE001 - reported to the client, the replica keeps serving
                 self._fail(sender, f"generation failed: {exc}", pb_utils.TritonError.INTERNAL)
         return None
@@ -138,10 +178,64 @@ class TritonPythonModel:
         tensor = pb_utils.get_input_tensor_by_name(request, "stop_words")
         if tensor is not None:
             stops = [s for s in (_text(v, "stop_words") for v in tensor.as_numpy().reshape(-1)) if s]
-        return prompt, max_tokens, temperature, top_p, stream, stops
+        options = {}
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = float(_scalar(request, name, 0.0))
+            if not math.isfinite(value) or not -2 <= value <= 2:
+                raise InputError(f"input {name} must be between -2 and 2, got {value}")
+            options[name] = value
+        guide_type = _text(_scalar(request, "guided_decoding_guide_type", b""), "guided_decoding_guide_type")
+        if guide_type:
+            options["grammar"] = self._grammar(guide_type, _text(_scalar(request, "guided_decoding_guide", b""),
+                                                                 "guided_decoding_guide"))
+        logits = self._logits(request)
+        if logits is not None:
+            options["logits_processor"] = [logits]
+        seeded = pb_utils.get_input_tensor_by_name(request, "random_seed") is not None
+        # llama.cpp seeds are 32-bit, and 0xFFFFFFFF asks it for a random one: fold into the others.
+        seed = int(_scalar(request, "random_seed")) % 0xFFFFFFFF if seeded else random.getrandbits(31)
+        return prompt, max_tokens, temperature, top_p, stream, stops, (seed, seeded), options
+
+    def _logits(self, request):
+        """The logit bias and log-probabilities the request asks for, as a llama.cpp logits processor."""
+        ids = pb_utils.get_input_tensor_by_name(request, "logit_bias_token_ids")
+        values = pb_utils.get_input_tensor_by_name(request, "logit_bias_values")
+        bias = None
+        if ids is not None or values is not None:
+            if ids is None or values is None:
+                raise InputError("inputs logit_bias_token_ids and logit_bias_values go together")
+            ids, values = ids.as_numpy().reshape(-1).astype(np.int64), values.as_numpy().reshape(-1).astype(np.float32)
+            if len(ids) != len(values):
+                raise InputError(f"{len(ids)} logit_bias_token_ids but {len(values)} logit_bias_values")
+            vocab = self.llm.n_vocab()
+            if len(ids) and (ids.min() < 0 or ids.max() >= vocab):
+                wrong = int(ids[(ids < 0) | (ids >= vocab)][0])
+                raise InputError(f"logit_bias token id {wrong} is not in the vocabulary ({vocab} tokens)")
+            if not np.isfinite(values).all() or np.abs(values).max(initial=0) > 100:
+                raise InputError("logit_bias values must be between -100 and 100")
+            bias = (ids, values)
+        want = bool(_scalar(request, "return_log_probs", False))
+        top = int(_scalar(request, "top_logprobs", 0))
+        if not 0 <= top <= 20:
+            raise InputError(f"input top_logprobs must be between 0 and 20, got {top}")
+        if bias is None and not want:
+            return None
+        return _Logits(bias, top if want else None)
+
+    def _grammar(self, guide_type, guide):
+        import llama_cpp
+
+        try:
+            if guide_type == "json":
+                return llama_cpp.LlamaGrammar.from_string(llama_cpp.llama_grammar.JSON_GBNF, verbose=False)
+            if guide_type == "json_schema":
+                return llama_cpp.LlamaGrammar.from_json_schema(guide, verbose=False)
+        except Exception as exc:  # noqa: BLE001 - the schema is the caller's: say why it cannot be used
+            raise InputError(f"the JSON schema cannot be turned into a grammar: {exc}") from exc
+        raise InputError(f"input guided_decoding_guide_type must be json or json_schema, got {guide_type[:32]!r}")
 
     def _generate(self, request, sender):
-        prompt, max_tokens, temperature, top_p, stream, stops = self._parse(request)
+        prompt, max_tokens, temperature, top_p, stream, stops, (seed, seeded), options = self._parse(request)
         llm = self.llm
         # BOS is added only when the GGUF asks for it; special tokens in the rendered
         # chat template (<|im_start|> ...) are parsed as such.
@@ -151,13 +245,20 @@ class TritonPythonModel:
             raise InputError(f"the prompt is {len(prompt_tokens)} tokens; the context holds {self.n_ctx}")
         limit = min(max_tokens, room)
 
-        llm.set_seed(random.getrandbits(31))
+        llm.set_seed(seed)
+        if seeded:
+            # Reusing the cached prefix recomputes the last prompt token alone, whose numbers differ
+            # slightly from the batched ones: enough to change a sampled token. A seeded request
+            # evaluates its whole prompt, so the same request gives the same text.
+            llm.reset()
+        logits = next(iter(options.get("logits_processor") or ()), None)
+        logged = []        # log-probability entries not sent yet
         completion = []
         pending = b""      # bytes of an incomplete UTF-8 character
         text = ""          # decoded text so far (cut at a stop word once found)
         sent = 0           # characters of text already streamed
         finish = "length"
-        for token in llm.generate(prompt_tokens, temp=temperature, top_p=top_p, **self.sampling):
+        for token in llm.generate(prompt_tokens, temp=temperature, top_p=top_p, **self.sampling, **options):
             if request.is_cancelled():
                 self._fail(sender, "request cancelled", pb_utils.TritonError.CANCELLED)
                 return
@@ -166,6 +267,8 @@ class TritonPythonModel:
                 break
             completion.append(token)
             piece = llm.detokenize([token], prev_tokens=prompt_tokens + completion[:-1])
+            if logits is not None and logits.top is not None:
+                logged.append(logits.entry(token, piece, lambda t: llm.detokenize([t])))
             decoded, pending = _utf8_prefix(pending + piece)
             searched = len(text)
             text += decoded
@@ -179,8 +282,11 @@ class TritonPythonModel:
             if stream:
                 end = len(text) - _held_back(text, stops)
                 if end > sent:
-                    sender.send(pb_utils.InferenceResponse(
-                        output_tensors=[_tensor("text_output", text[sent:end], np.object_)]))
+                    outputs = [_tensor("text_output", text[sent:end], np.object_)]
+                    if logged:
+                        outputs.append(_tensor("logprobs", json.dumps(logged), np.object_))
+                        logged = []
+                    sender.send(pb_utils.InferenceResponse(output_tensors=outputs))
                     sent = end
         if pending and finish == "length":
             text += pending.decode("utf-8", errors="replace")
@@ -191,6 +297,8 @@ class TritonPythonModel:
             _tensor("completion_tokens", len(completion), np.int32),
             _tensor("finish_reason", finish, np.object_),
         ]
+        if logits is not None and logits.top is not None:
+            final.append(_tensor("logprobs", json.dumps(logged), np.object_))
         sender.send(pb_utils.InferenceResponse(output_tensors=final), flags=FINAL)
 
     def finalize(self):

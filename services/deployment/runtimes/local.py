@@ -19,7 +19,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -40,6 +39,7 @@ log = structlog.get_logger()
 HPA_TOLERANCE = 0.1  # as the Kubernetes HPA: no change within 10% of the target
 STOP_TIMEOUT_S = 30.0
 REPLICA_PROGRAMS = ("tritonserver", "triton_python_backend_stub")
+RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)  # Python ignores them; a replica must not (as Popen)
 
 
 @dataclass
@@ -56,7 +56,8 @@ class Replica:
     draining: bool = False
     failed_checks: int = 0
     model_processes: int = 0  # Python-backend stubs it ran once ready (one per model instance)
-    popen: subprocess.Popen | None = field(default=None, repr=False, compare=False)
+    child: bool = field(default=False, repr=False, compare=False)  # we spawned it: ours to reap
+    exit_code: int | None = field(default=None, repr=False, compare=False)
     ps: psutil.Process | None = field(default=None, repr=False, compare=False)
 
     PERSISTED = ("id", "revision", "pid", "grpc_port", "http_port", "metrics_port", "repository", "log_path",
@@ -66,12 +67,26 @@ class Replica:
         return {key: getattr(self, key) for key in self.PERSISTED}
 
     def alive(self) -> bool:
-        if self.popen is not None and self.popen.poll() is not None:
+        if self.exit_code is not None or self._reaped():
             return False
         try:
             return self.ps is not None and self.ps.is_running() and self.ps.status() != psutil.STATUS_ZOMBIE
         except psutil.Error:
             return False
+
+    def _reaped(self) -> bool:
+        """Reap our own child once it exited, keeping its exit code."""
+        if not self.child:
+            return False
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped already
+            self.child = False
+            return False
+        if pid == 0:
+            return False
+        self.exit_code, self.child = os.waitstatus_to_exitcode(status), False
+        return True
 
     def running_model_processes(self) -> int:
         """Python-backend stubs under this tritonserver. When a stub dies, Triton keeps saying
@@ -327,12 +342,15 @@ class LocalRuntime:
         ports = dict(zip(("grpc_port", "http_port", "metrics_port"), _free_ports(3), strict=True))
         argv, env = triton.triton_command(self._home, repository / "models", **ports)
         log_path = self._root / endpoint_id / f"{replica_id}.log"
-        with open(log_path, "ab") as out:
-            popen = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
-        replica = Replica(id=replica_id, revision=revision, pid=popen.pid, repository=str(repository),
-                          log_path=str(log_path), popen=popen, ps=psutil.Process(popen.pid), **ports)
-        log.info("replica started", endpoint=endpoint_id, replica=replica_id, pid=popen.pid, grpc_port=ports["grpc_port"])
+        # Spawned, not a subprocess.Popen: a replica outlives the runtime that started it (the next
+        # one adopts it), and the Replica reaps its own child (os.waitpid).
+        with open(log_path, "ab") as out, open(os.devnull, "rb") as devnull:
+            pid = os.posix_spawn(argv[0], argv, env, setsid=True, setsigdef=RESTORED_SIGNALS, file_actions=[
+                (os.POSIX_SPAWN_DUP2, devnull.fileno(), 0), (os.POSIX_SPAWN_DUP2, out.fileno(), 1),
+                (os.POSIX_SPAWN_DUP2, out.fileno(), 2)])
+        replica = Replica(id=replica_id, revision=revision, pid=pid, repository=str(repository),
+                          log_path=str(log_path), child=True, ps=psutil.Process(pid), **ports)
+        log.info("replica started", endpoint=endpoint_id, replica=replica_id, pid=pid, grpc_port=ports["grpc_port"])
         return replica
 
     async def _wait_ready(self, replicas: list[Replica]) -> None:
@@ -512,7 +530,8 @@ def _cpu_percent(replica: Replica) -> float:
 
 def _exit_status(replica: Replica) -> str:
     """' (killed by SIGSEGV)' or ' (exit code 1)', when we know it (our child); else ''."""
-    code = replica.popen.poll() if replica.popen is not None else None
+    replica.alive()  # reaps it, if it is our child and exited
+    code = replica.exit_code
     if code is None:
         return ""
     if code < 0:

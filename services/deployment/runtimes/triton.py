@@ -216,6 +216,7 @@ def _warmup_string(text: str) -> bytes:
 WARMUP_INPUTS = {
     "llamacpp": {"text_input": _warmup_string(WARMUP_PROMPT), "max_tokens": struct.pack("<i", WARMUP_MAX_TOKENS)},
     "embedding": {"text": _warmup_string(WARMUP_PROMPT)},
+    "echo": {"text_input": _warmup_string(WARMUP_PROMPT), "max_tokens": struct.pack("<i", WARMUP_MAX_TOKENS)},
 }
 
 
@@ -241,7 +242,7 @@ def write_model_repository(dest: Path, model: ModelSnapshot, *, replicas: int = 
     Other models already in `dest` are kept, so one repository can hold both kinds.
     Metadata that tunes it: context_length (n_ctx, default 2048) and n_threads for
     llamacpp; dimensions (default 384), n_threads and the request limits (shared.model_limits)
-    for embedding. Without
+    for embedding; delay_ms (default 0) for echo. Without
     n_threads, the cores are shared among `replicas` (llama.cpp's spinning worker
     threads slow to a crawl when replicas ask for more threads than there are cores)."""
     threads = max(1, min(4, (os.cpu_count() or 1) // max(1, replicas)))
@@ -272,7 +273,11 @@ def write_model_repository(dest: Path, model: ModelSnapshot, *, replicas: int = 
             "max_request_tokens": limits.request_tokens,
         })
         return EMBEDDING_MODEL
-    raise ValueError(f"model {model.name}: unknown runtime {model.runtime!r} (llamacpp, embedding, tensorrt_llm)")
+    if model.runtime == "echo":  # no artifact: the prompt's words come back after delay_ms
+        _render("echo", dest, GENERATION_MODEL, {"delay_ms": _int_meta(meta, "delay_ms", 0)})
+        return GENERATION_MODEL
+    raise ValueError(f"model {model.name}: unknown runtime {model.runtime!r} "
+                     "(llamacpp, embedding, echo, tensorrt_llm)")
 
 
 # ------------------------------------------------------------------------ command
