@@ -5,6 +5,8 @@ local serving stack. Fixtures live in conftest.py and build on these."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import faulthandler
 import json
 import socket
 import subprocess
@@ -56,7 +58,15 @@ class LoopThread:
         self._thread.start()
 
     def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 60) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            # What the loop is stuck on, for the report: each task's stack, and the loop thread's.
+            for task in asyncio.all_tasks(self.loop):
+                task.print_stack(limit=8, file=sys.stderr)
+            faulthandler.dump_traceback(file=sys.stderr)
+            raise
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -173,3 +173,17 @@ def test_the_api_is_read_from_the_protos():
     assert chat.http == (("POST", "/llm-ops/v1/serve/{name}/chat", "*"),)
     openai_chat = next(m for m in api.methods() if m.path == "/llmops.v1.OpenAIService/CreateChatCompletion")
     assert openai_chat.http == (("POST", "/v1/chat/completions", "body"),)
+
+
+def test_no_service_waits_with_asyncio_wait_for():
+    """On Python 3.11 asyncio.wait_for swallows a cancel that arrives as the awaited thing completes
+    (CPython gh-86296): a background loop that uses it can outlive task.cancel(), and the service's
+    close() then waits forever (CI saw the local runtime's reconcile loop do that). asyncio.timeout()
+    re-raises the cancel."""
+    from pathlib import Path
+
+    services = Path(__file__).resolve().parents[1] / "services"
+    offenders = [f"{path.relative_to(services)}:{number}" for path in services.rglob("*.py")
+                 if "llmops" not in path.parts
+                 for number, line in enumerate(path.read_text().splitlines(), 1) if "asyncio.wait_for(" in line]
+    assert offenders == []

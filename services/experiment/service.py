@@ -166,7 +166,8 @@ class ExperimentService:
                 marker = current
                 yield await asyncio.to_thread(self._in_force)
             try:
-                await asyncio.wait_for(changed.wait(), WATCH_POLL_S)
+                async with asyncio.timeout(WATCH_POLL_S):
+                    await changed.wait()
             except TimeoutError:
                 pass
 

@@ -76,7 +76,8 @@ class ExperimentTable:
         left = self.created + grace_s - time.monotonic()
         if left > 0 and not self.synced.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.synced.wait(), left)
+                async with asyncio.timeout(left):
+                    await self.synced.wait()
 
     def assign(self, endpoint: str, user_id: str, kind: str) -> Assignment | None:
         """The prompt of a chat or completion request: only an experiment of that kind chooses it."""

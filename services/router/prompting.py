@@ -178,7 +178,8 @@ async def _render_in_pool(render: Callable[[str, dict[str, Any]], str], source: 
                           what: str) -> str:
     rendering = asyncio.get_running_loop().run_in_executor(_RENDER_POOL, render, source, variables)
     try:
-        return await asyncio.wait_for(rendering, RENDER_WAIT_SECONDS)
+        async with asyncio.timeout(RENDER_WAIT_SECONDS):
+            return await rendering
     except TimeoutError as exc:
         raise DeadlineExceeded(f"{what} did not render within {RENDER_WAIT_SECONDS:g}s; "
                                "the router is busy rendering, retry", reason="TEMPLATE_RENDER_TIMEOUT") from exc

@@ -315,7 +315,8 @@ class InferenceService:
         # Right after start the first snapshot may still be on its way.
         if not self._table.synced.is_set():
             try:
-                await asyncio.wait_for(self._table.synced.wait(), 5)
+                async with asyncio.timeout(5):
+                    await self._table.synced.wait()
             except TimeoutError as exc:
                 raise Unavailable("the route table is not loaded yet: the deployment service is unreachable",
                                   reason="ROUTES_NOT_LOADED") from exc

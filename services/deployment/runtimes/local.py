@@ -135,13 +135,15 @@ def _free_ports(count: int) -> list[int]:
 async def _http_ready(port: int, timeout: float = 2.0) -> bool:
     """GET /v2/health/ready on a replica's HTTP port."""
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
     except (OSError, asyncio.TimeoutError):
         return False
     try:
         writer.write(b"GET /v2/health/ready HTTP/1.0\r\nHost: localhost\r\n\r\n")
         await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), timeout)
+        async with asyncio.timeout(timeout):
+            line = await reader.readline()
         return line.split(b" ")[1:2] == [b"200"]
     except (OSError, asyncio.TimeoutError, IndexError):
         return False
