@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -52,6 +53,16 @@ class FakeInference(pbg.InferenceServiceServicer):
     def __init__(self) -> None:
         self.calls: list[tuple[str, object, dict[str, str]]] = []
         self.cancelled = 0  # streams the client went away from
+        # Model "lockstep": each chunk after the first waits for the client to have read the one before
+        # (it releases `read`), and records whether it had (a buffering gateway would never deliver it).
+        self.read = threading.Semaphore(0)
+        self.read_before_next: list[bool] = []
+
+    async def pause(self, name: str) -> None:
+        if name == "lockstep":
+            self.read_before_next.append(await asyncio.to_thread(self.read.acquire, True, 30))
+        else:
+            await asyncio.sleep(PAUSE_S)
 
     async def _enter(self, method: str, request, context: grpc.aio.ServicerContext, name: str) -> None:
         metadata = {m.key: m.value for m in context.invocation_metadata() or () if isinstance(m.value, str)}
@@ -79,7 +90,7 @@ class FakeInference(pbg.InferenceServiceServicer):
         try:
             for i in range(count):
                 if i:
-                    await asyncio.sleep(PAUSE_S)
+                    await self.pause(name)
                 yield pb.ChatStreamResponse(
                     id="chat-1", object="chat.completion.chunk", model=name,
                     choices=[pb.ChatStreamChoice(index=0, delta=pb.ChatDelta(content=f"tok{i}"),
@@ -139,7 +150,7 @@ class FakeOpenAI(pbg.OpenAIServiceServicer):
         try:
             for i in range(count):
                 if i:
-                    await asyncio.sleep(PAUSE_S)
+                    await self.inference.pause(body["model"])
                 yield httpbody_pb2.HttpBody(content_type="text/event-stream", data=b"data: " + json.dumps({
                     "object": "chat.completion.chunk", "model": body["model"], "choices": [choice(i)]}).encode()
                     + b"\n\n")
@@ -212,8 +223,9 @@ def chat_body(**extra) -> dict:
     return {"messages": [{"role": "user", "content": "hi"}], **extra}
 
 
-def read_events(response: requests.Response) -> list[tuple[float, dict]]:
-    """The SSE events of a streamed response, each with the time its last byte arrived."""
+def read_events(response: requests.Response, on_event=None) -> list[tuple[float, dict]]:
+    """The SSE events of a streamed response, each with the time its last byte arrived;
+    on_event() is called as each one is read."""
     events, pending = [], b""
     for chunk in response.iter_content(chunk_size=None):
         now = time.monotonic()
@@ -223,6 +235,8 @@ def read_events(response: requests.Response) -> list[tuple[float, dict]]:
             line = event.decode()
             assert line.startswith("data: "), line
             events.append((now, json.loads(line[len("data: "):])))
+            if on_event is not None:
+                on_event()
     assert pending == b"", pending
     return events
 
@@ -253,25 +267,24 @@ def assert_envelope_error(response: requests.Response, status: int) -> dict:
 
 # --- server-sent events ---------------------------------------------------------------
 
-@pytest.mark.parametrize("path", ["/llm-ops/v1/serve/demo/chat", "/v1/chat/completions"])
+@pytest.mark.parametrize("path", ["/llm-ops/v1/serve/lockstep/chat", "/v1/chat/completions"])
 def test_stream_true_answers_server_sent_events_as_they_come(gw, fake, path):
-    started = time.monotonic()
-    with requests.post(gw.url + path, json=chat_body(model="demo", stream=True), stream=True, timeout=10) as r:
+    # Each chunk after the first is generated only once the client has read the one before it: a gateway
+    # that buffered the stream would hold chunk 1, and chunk 2 would be sent without it having been read.
+    servicer = fake[0]
+    servicer.read_before_next.clear()
+    body = chat_body(model="lockstep", stream=True)
+    with requests.post(gw.url + path, json=body, stream=True, timeout=60) as r:
         assert r.status_code == 200, r.text
         assert r.headers["content-type"] == "text/event-stream"
         assert_no_grpc_headers(r)
-        events = read_events(r)
+        events = read_events(r, on_event=servicer.read.release)
     assert [e["choices"][0]["delta"]["content"] for _, e in events] == ["tok0", "tok1", "tok2"]
-    assert all(e["object"] == "chat.completion.chunk" and e["model"] == "demo" for _, e in events)
-    times = [t for t, _ in events]
-    # Flushed one by one: each event arrives about one pause after the previous one,
-    # the first well before the last (buffering would deliver them all at once).
-    assert times[0] - started < PAUSE_S * 2
-    assert times[-1] - times[0] >= PAUSE_S * 1.5
-    assert all(b - a >= PAUSE_S / 2 for a, b in zip(times, times[1:])), times
+    assert all(e["object"] == "chat.completion.chunk" and e["model"] == "lockstep" for _, e in events)
+    assert servicer.read_before_next == [True, True]
     method, request, _ = last_call(fake)
     if path.startswith("/v1/"):  # the body as the client sent it
-        assert method == "StreamChatCompletion" and request == chat_body(model="demo", stream=True)
+        assert method == "StreamChatCompletion" and request == body
     else:
         assert method == "ChatStream"
         assert request.request.stream is True

@@ -260,6 +260,7 @@ class TritonPythonModel:
         finish = "length"
         for token in llm.generate(prompt_tokens, temp=temperature, top_p=top_p, **self.sampling, **options):
             if request.is_cancelled():
+                pb_utils.Logger.log_info(f"llamacpp: request cancelled after {len(completion)} of {limit} tokens")
                 self._fail(sender, "request cancelled", pb_utils.TritonError.CANCELLED)
                 return
             if self._is_eog(token):
