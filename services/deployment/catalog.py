@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import grpc
 from google.protobuf import json_format
+from pydantic import SecretStr
 
 from llmops.v1 import registry_pb2, registry_pb2_grpc
 from shared.errors import InvalidArgument, NotFound, Unavailable
-from shared.identity import Identity
+from shared.identity import Identity, service_metadata
+from shared.observability import request_id_metadata
 
 from .domain import ModelSnapshot
 
 
 class RegistryCatalog:
-    def __init__(self, address: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(self, address: str, *, service_token: SecretStr | None = None, timeout_s: float = 10.0) -> None:
+        self._credential = service_metadata(service_token and service_token.get_secret_value())
         self._channel = grpc.aio.insecure_channel(address)
         self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self._timeout = timeout_s
@@ -22,7 +25,8 @@ class RegistryCatalog:
         """The model and its catalog status, asked with the caller's identity."""
         try:
             model = await self._stub.GetModel(registry_pb2.GetModelRequest(id=model_id),
-                                              metadata=actor.metadata(), timeout=self._timeout)
+                                              metadata=actor.metadata() + self._credential + request_id_metadata(),
+                                              timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise NotFound(f"model {model_id} not found in the catalog", reason="MODEL_NOT_FOUND") from exc

@@ -7,6 +7,7 @@ of an error: a failed round is logged and retried with backoff."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import uuid
 from dataclasses import dataclass
 from typing import Protocol
@@ -67,7 +68,9 @@ class EndpointController:
                  backoff: Backoff = Backoff()) -> None:
         self._store, self._runtime, self._id, self._backoff = store, runtime, endpoint_id, backoff
         self._wake = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name=f"controller-{endpoint_id}")
+        # A context of its own: created in the call that deployed the endpoint, it would otherwise log every
+        # later round with that call's request id and user.
+        self._task = asyncio.create_task(self._run(), name=f"controller-{endpoint_id}", context=contextvars.Context())
 
     def wake(self) -> None:
         self._wake.set()

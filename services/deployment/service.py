@@ -5,7 +5,11 @@ transaction with its audit record) and wake the endpoint's controller
 (controller.py); the controller applies it through the runtime (blue/green)
 and reports status.
 So a PATCH never waits on Triton, and a newer revision simply supersedes an
-older one that is still rolling out."""
+older one that is still rolling out.
+
+With an elector (the kubernetes runtime, several replicas of this service) only
+the leader runs controllers and the health monitor; a follower records mutations
+and serves reads, and converges every live endpoint once it leads (leader.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
+import structlog
+from prometheus_client import Gauge
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -32,8 +38,17 @@ from .domain import (
 )
 from .controller import Controllers, HealthMonitor
 from .events import EndpointEvent, EndpointEvents
+from .leader import LeaseElector
 from .locks import KeyedLocks
 from .runtimes.base import RuntimeStatus, ServingRuntime
+
+
+log = structlog.get_logger()
+
+READY_REPLICAS = Gauge("llmops_endpoint_ready_replicas", "Ready replicas of each live endpoint, as its runtime last "
+                       "reported them.", ["endpoint", "environment"])
+DESIRED_REPLICAS = Gauge("llmops_endpoint_desired_replicas", "Replicas each live endpoint should have now (between "
+                         "its min and max, as the autoscaler decided).", ["endpoint", "environment"])
 
 
 class ModelCatalog(Protocol):
@@ -58,7 +73,7 @@ class RoutedEndpoint:
 
 class DeploymentService:
     def __init__(self, *, engine: Engine, catalog: ModelCatalog, runtime: ServingRuntime,
-                 monitor_interval_s: float = 2.0) -> None:
+                 monitor_interval_s: float = 2.0, elector: LeaseElector | None = None) -> None:
         self._engine = engine
         self._catalog = catalog
         self._runtime = runtime
@@ -66,17 +81,85 @@ class DeploymentService:
         self._controllers = Controllers(self, runtime)
         self._monitor = HealthMonitor(self, runtime, monitor_interval_s)
         self.events = EndpointEvents()
+        self._elector = elector
+        self._monitor_interval_s = monitor_interval_s
+        self._resync: asyncio.Task | None = None
+        self._mirror: asyncio.Task | None = None
+        self.mirror_rounds = 0  # looks at the table so far (the mirror loop's)
+        self.leading = False
         runtime.on_change = self.publish
 
     # lifecycle -----------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
         await self._runtime.start()
+        if self._elector is None:
+            await self.lead()
+            return
+        await self._elector.add_listener(self)
+        self._elector.start()
+        self._mirror = asyncio.create_task(self._mirror_loop(), name="endpoint-mirror")
+
+    async def lead(self) -> None:
+        """Act: converge every live endpoint (whichever replica recorded its revision) and monitor them."""
+        self.leading = True
         for endpoint in await self.live_endpoints():
             self._controllers.wake(endpoint.id)
         self._monitor.start()
+        if self._elector is not None:
+            self._resync = asyncio.create_task(self._resync_loop(), name="endpoint-resync")
+
+    async def follow(self) -> None:
+        """Stop acting (another replica leads): applies in flight are cancelled, the new leader redoes them."""
+        self.leading = False
+        if self._resync is not None:
+            self._resync.cancel()
+            await asyncio.gather(self._resync, return_exceptions=True)
+            self._resync = None
+        await self._monitor.close()
+        await self._controllers.close()
+        for gauge in (READY_REPLICAS, DESIRED_REPLICAS):  # the leader reports them now: none stale from here
+            gauge.clear()
+
+    async def _resync_loop(self) -> None:
+        """The leader's pick-up of revisions another replica recorded (while it followed, or in a failover)."""
+        while True:
+            await asyncio.sleep(self._monitor_interval_s)
+            try:
+                for endpoint in await self.live_endpoints():
+                    if endpoint.applied_revision != endpoint.revision:
+                        self._controllers.wake(endpoint.id)
+            except Exception:  # noqa: BLE001 - a database hiccup: the next round retries
+                log.exception("endpoint resync failed")
+
+    async def _mirror_loop(self) -> None:
+        """Route events for what another replica changed: the leader writes each endpoint's status to the
+        database, and a router that watches this replica learns it here within an interval."""
+        seen: dict[uuid.UUID, tuple] | None = None  # None: the first round only looks
+        while True:
+            await asyncio.sleep(self._monitor_interval_s)
+            try:
+                endpoints = {e.id: (e.status, e.revision, e.applied_revision) for e in await self.live_endpoints()}
+            except Exception:  # noqa: BLE001 - a database hiccup: the next round retries
+                log.exception("endpoint mirror failed")
+                continue
+            self.mirror_rounds += 1
+            if seen is None:
+                seen = endpoints
+                continue
+            for endpoint_id, state in endpoints.items():
+                if seen.get(endpoint_id) != state:
+                    self.publish(endpoint_id)
+            for endpoint_id in seen.keys() - endpoints.keys():
+                self.events.publish(EndpointEvent("delete", str(endpoint_id)))
+            seen = endpoints
 
     async def close(self) -> None:
+        if self._mirror is not None:
+            self._mirror.cancel()
+            await asyncio.gather(self._mirror, return_exceptions=True)
+        if self._elector is not None:
+            await self._elector.close()
         await self._monitor.close()
         await self._controllers.close()
         await self._runtime.close()
@@ -90,7 +173,7 @@ class DeploymentService:
         config = ServingConfig(model=model, min_replicas=request.min_replicas, max_replicas=request.max_replicas,
                                cpu_target=request.cpu_target)
         endpoint = await asyncio.to_thread(self._create, actor, request, name, config)
-        self._controllers.wake(endpoint.id)
+        self._wake(endpoint.id)
         self.publish(endpoint.id)
         return endpoint
 
@@ -98,14 +181,14 @@ class DeploymentService:
         model = await self._approved_model(change.model_id, actor) if change.model_id else None
         async with self._locks.hold(endpoint_id):
             endpoint = await asyncio.to_thread(self._append_revision, actor, endpoint_id, change, model)
-        self._controllers.wake(endpoint_id)
+        self._wake(endpoint_id)
         self.publish(endpoint_id)
         return endpoint
 
     async def rollback(self, *, actor: Identity, endpoint_id: uuid.UUID) -> Endpoint:
         async with self._locks.hold(endpoint_id):
             endpoint = await asyncio.to_thread(self._rollback, actor, endpoint_id)
-        self._controllers.wake(endpoint_id)
+        self._wake(endpoint_id)
         self.publish(endpoint_id)
         return endpoint
 
@@ -114,6 +197,8 @@ class DeploymentService:
             endpoint = await asyncio.to_thread(self._delete, actor, endpoint_id)
         # Replicas stop before the answer, so "deleted" means nothing runs any more.
         await self._controllers.retire(endpoint_id)
+        for gauge in (READY_REPLICAS, DESIRED_REPLICAS):  # once nothing reports on it any more
+            gauge.remove(endpoint.name, endpoint.environment)
         self.events.publish(EndpointEvent("delete", str(endpoint_id)))
         return endpoint
 
@@ -259,6 +344,9 @@ class DeploymentService:
                 row = repo.get_row(session=session, endpoint_id=endpoint_id, for_update=True)
             except NotFound:  # deleted meanwhile
                 return False
+            # What runs now, whichever revision it is (the monitor reports every live endpoint each round).
+            READY_REPLICAS.labels(row.name, row.environment).set(runtime.ready_replicas)
+            DESIRED_REPLICAS.labels(row.name, row.environment).set(runtime.desired_replicas)
             if row.revision != expected_revision:
                 return False
             new = dict(status=status or row.status, status_reason=reason,
@@ -273,6 +361,10 @@ class DeploymentService:
             return True
 
     # helpers -------------------------------------------------------------------------------------------------
+
+    def _wake(self, endpoint_id: uuid.UUID) -> None:
+        if self.leading:  # a follower only records: the leader's resync picks the revision up
+            self._controllers.wake(endpoint_id)
 
     async def _approved_model(self, model_id: str, actor: Identity) -> ModelSnapshot:
         model, status = await self._catalog.get_model(model_id, actor=actor)

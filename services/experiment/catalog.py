@@ -5,10 +5,12 @@ Asked over gRPC with the caller's identity."""
 from __future__ import annotations
 
 import grpc
+from pydantic import SecretStr
 
 from llmops.v1 import deployment_pb2, deployment_pb2_grpc, registry_pb2, registry_pb2_grpc
 from shared.errors import InvalidArgument, NotFound, Unavailable
-from shared.identity import Identity
+from shared.identity import Identity, service_metadata
+from shared.observability import request_id_metadata
 
 from .domain import TemplateRef
 
@@ -19,17 +21,22 @@ def _unavailable(what: str, exc: grpc.aio.AioRpcError) -> Unavailable:
 
 class Catalog:
     def __init__(self, *, registry_address: str, deployment_address: str, environment: str,
-                 timeout_s: float = 10.0) -> None:
+                 service_token: SecretStr | None = None, timeout_s: float = 10.0) -> None:
+        self._credential = service_metadata(service_token and service_token.get_secret_value())
         self._channels = [grpc.aio.insecure_channel(registry_address), grpc.aio.insecure_channel(deployment_address)]
         self._registry = registry_pb2_grpc.RegistryServiceStub(self._channels[0])
         self._deployment = deployment_pb2_grpc.DeploymentServiceStub(self._channels[1])
         self._environment = environment
         self._timeout = timeout_s
 
+    def _metadata(self, actor: Identity) -> tuple[tuple[str, str], ...]:
+        """Who asks, the platform's credential, and the request being handled (for its log lines there)."""
+        return actor.metadata() + self._credential + request_id_metadata()
+
     async def template(self, template_id: str, field: str, *, actor: Identity) -> TemplateRef:
         try:
             t = await self._registry.GetPromptTemplate(registry_pb2.GetPromptTemplateRequest(id=template_id),
-                                                       metadata=actor.metadata(), timeout=self._timeout)
+                                                       metadata=self._metadata(actor), timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise NotFound(f"{field}: prompt template {template_id} not found", reason="TEMPLATE_NOT_FOUND") from exc
@@ -43,7 +50,7 @@ class Catalog:
         try:
             found = await self._deployment.ListEndpoints(
                 deployment_pb2.ListEndpointsRequest(environment=self._environment, name=name, page_size=1),
-                metadata=actor.metadata(), timeout=self._timeout)
+                metadata=self._metadata(actor), timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
             raise _unavailable("deployment service", exc) from exc
         if not found.endpoints:
@@ -51,7 +58,7 @@ class Catalog:
                            reason="ENDPOINT_NOT_FOUND")
         try:
             model = await self._registry.GetModel(registry_pb2.GetModelRequest(id=found.endpoints[0].model_id),
-                                                  metadata=actor.metadata(), timeout=self._timeout)
+                                                  metadata=self._metadata(actor), timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
             raise _unavailable("registry", exc) from exc
         return model.type

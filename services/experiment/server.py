@@ -53,9 +53,9 @@ class RunningExperimentService:
 
 
 async def start(settings: Settings, *, engine: Engine, port: int | None = None) -> RunningExperimentService:
-    catalog = Catalog(registry_address=f"{settings.host}:{settings.registry_port}",
-                      deployment_address=f"{settings.host}:{settings.deployment_port}",
-                      environment=settings.environment)
+    catalog = Catalog(registry_address=settings.address_of("registry"),
+                      deployment_address=settings.address_of("deployment"),
+                      environment=settings.environment, service_token=settings.service_token)
     service = ExperimentService(engine, catalog, statistics=StatisticsSettings(
         alpha=settings.experiment_alpha, min_samples=settings.experiment_min_samples,
         tuning=settings.experiment_sequential_tuning))
@@ -65,6 +65,7 @@ async def start(settings: Settings, *, engine: Engine, port: int | None = None) 
                             ExperimentServicer(service), SERVICE_NAME)],
         address=f"{settings.host}:{settings.experiment_port if port is None else port}",
         service_token=settings.service_token,
+        credential_required=settings.service_credential_required,
     )
     consumer = consuming = None
     if settings.redis_url:

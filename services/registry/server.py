@@ -30,6 +30,7 @@ async def start(settings: Settings, *, engine: Engine, port: int | None = None) 
         servicers=[Servicer(registry_pb2_grpc.add_RegistryServiceServicer_to_server, servicer, SERVICE_NAME)],
         address=f"{settings.host}:{settings.registry_port if port is None else port}",
         service_token=settings.service_token,
+        credential_required=settings.service_credential_required,
     )
 
 

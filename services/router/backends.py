@@ -319,9 +319,10 @@ class ReplicaPool:
                                    completion_tokens=int(outputs["completion_tokens"][0]),
                                    finish_reason=_text(outputs["finish_reason"][0]))
 
-    async def embed(self, address: str, model: str, texts: list[str]) -> tuple[np.ndarray, int]:
+    async def embed(self, address: str, model: str, texts: list[str], request_id: str = "") -> tuple[np.ndarray, int]:
         """The vectors, and the tokens of all texts together."""
-        request = service_pb2.ModelInferRequest(model_name=model, inputs=[_tensor("text", texts, "BYTES")])
+        request = service_pb2.ModelInferRequest(model_name=model, id=request_id,
+                                                inputs=[_tensor("text", texts, "BYTES")])
         request.outputs.add(name="embedding")
         request.outputs.add(name="token_count")
         async with self._lease(address) as client:

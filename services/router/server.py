@@ -49,7 +49,7 @@ def outcome_sink(settings: Settings, port: int) -> OutcomeSink:
     if settings.redis_url:
         deliver, close = redis_delivery(settings.redis_url)
     else:
-        deliver, close = grpc_delivery(f"{settings.host}:{settings.experiment_port}", settings.service_token)
+        deliver, close = grpc_delivery(settings.address_of("experiment"), settings.service_token)
     return OutcomeSink(journal, deliver, close)
 
 
@@ -61,10 +61,10 @@ async def start(settings: Settings, *, port: int | None = None) -> Router:
     outcomes = outcome_sink(settings, port)
     outcomes.start()
     watchers = [
-        asyncio.create_task(follow(table, address=f"{settings.host}:{settings.deployment_port}",
+        asyncio.create_task(follow(table, address=settings.address_of("deployment"),
                                    environment=settings.environment, service_token=settings.service_token),
                             name="route-watch"),
-        asyncio.create_task(follow_experiments(experiments, address=f"{settings.host}:{settings.experiment_port}",
+        asyncio.create_task(follow_experiments(experiments, address=settings.address_of("experiment"),
                                                service_token=settings.service_token), name="experiment-watch"),
     ]
     service = InferenceService(table=table, pool=pool, limiter=limiter, outcomes=outcomes,
@@ -80,5 +80,6 @@ async def start(settings: Settings, *, port: int | None = None) -> Router:
                             OpenAIServicer(service), OPENAI_SERVICE_NAME)],
         address=f"{settings.host}:{port}",
         service_token=settings.service_token,
+        credential_required=settings.service_credential_required,
     )
     return Router(running, table, outcomes, pool, limiter, watchers, experiments)

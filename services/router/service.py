@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import structlog
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from shared.errors import DeadlineExceeded, DomainError, InvalidArgument, NotFound, Unavailable
 from shared.identity import Identity, current_request_id
@@ -38,6 +38,12 @@ TTFT = Histogram("llmops_inference_time_to_first_token_seconds", "Time to the fi
                  ["endpoint"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8))
 TOKENS_PER_S = Histogram("llmops_inference_output_tokens_per_second", "Generation speed after the first token.",
                          ["endpoint"], buckets=(1, 5, 10, 25, 50, 100, 200, 400, 800))
+IN_FLIGHT = Gauge("llmops_inference_in_flight_requests", "Requests being served (queued or generating), by endpoint.",
+                  ["endpoint"])
+QUEUED = Gauge("llmops_inference_queued_requests", "Requests on a replica that have no first token yet (waiting "
+               "behind others, or reading the prompt), by endpoint.", ["endpoint"])
+SHED = Counter("llmops_inference_shed_total", "Requests answered 503 at once because every ready replica was full "
+               "(router_queue_per_replica or the admission budget), by endpoint.", ["endpoint"])
 DEFAULT_MAX_TOKENS = 256
 MAX_CHOICES = 8  # n: each choice is a generation of its own, and a replica runs 8 at most
 T = TypeVar("T")
@@ -172,11 +178,17 @@ class InferenceService:
         request_id = current_request_id() or str(uuid.uuid4())
         async with self._accounted(actor, route, kind, assignment) as call:
             deadline, sent, failure = self._deadline(), False, None
+            queued = QUEUED.labels(route.name)
             for address in self._replicas(route):
                 chunks = self._pool.generate(address, route.triton_model, prompt, sampling, request_id)
                 held: list[Chunk] = []
+                queued.inc()
+                waiting = True
                 try:
                     while (chunk := await self._upstream(anext(chunks, None), deadline)) is not None:
+                        if waiting:  # the replica answers: no longer in its queue
+                            queued.dec()
+                            waiting = False
                         if call.first_token_at is None and (chunk.text or chunk.final):
                             call.first_token_at = time.perf_counter()
                         call.prompt_tokens, call.completion_tokens = chunk.prompt_tokens, chunk.completion_tokens
@@ -195,6 +207,8 @@ class InferenceService:
                     log.warning("replica failed before the first token; trying another", replica=address,
                                 error=str(exc))
                 finally:
+                    if waiting:
+                        queued.dec()
                     await chunks.aclose()
             raise _no_replica_left(route, failure)
 
@@ -212,7 +226,7 @@ class InferenceService:
             for address in self._replicas(route):
                 try:
                     vectors, call.prompt_tokens = await self._upstream(
-                        self._pool.embed(address, route.triton_model, texts), deadline)
+                        self._pool.embed(address, route.triton_model, texts, current_request_id()), deadline)
                     break
                 except ReplicaFailure as exc:
                     failure = exc
@@ -236,6 +250,7 @@ class InferenceService:
             address = self._pool.pick(replicas, tried, capacity=self._queue_limit, queue_budget=budget)
             if address is None:
                 if any(a not in tried for a in replicas):  # all the others are full: no waiting in line
+                    SHED.labels(route.name).inc()
                     raise Unavailable(f"endpoint {route.name} is busy: each ready replica has {self._queue_limit} "
                                       "requests in flight or more queued than its admission budget; retry shortly",
                                       reason="ENDPOINT_BUSY", retry_after_s=1)
@@ -265,6 +280,8 @@ class InferenceService:
         """Metrics and the outcome record of one request, whatever way it ends; the outcome counts
         for the experiment when a running one chose the prompt."""
         call, started, code, at = _Call(), time.perf_counter(), "OK", time.time()
+        in_flight = IN_FLIGHT.labels(route.name)
+        in_flight.inc()
         try:
             yield call
         except DomainError as exc:
@@ -277,6 +294,7 @@ class InferenceService:
             code = "INTERNAL"  # a bug, not the client's doing: the interceptor answers INTERNAL too
             raise
         finally:
+            in_flight.dec()
             elapsed = time.perf_counter() - started
             REQUESTS.labels(route.name, kind, code).inc()
             LATENCY.labels(route.name, kind).observe(elapsed)

@@ -4,16 +4,20 @@ shared/errors.py) is written into both, so neither lists a service, method or st
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import re
+import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from . import api
 from .errors import STATUS_TABLE
-from .settings import REPO_ROOT, Settings
+from .settings import REPO_ROOT, Settings, get_settings
 
 GATEWAY_DIR = REPO_ROOT / "gateway"
 DESCRIPTOR = REPO_ROOT / "build" / "api_descriptor.pb"
@@ -36,10 +40,14 @@ def render_envoy_config(
         listen_address=settings.gateway_listen_address,
         trusted_proxies=settings.gateway_trusted_proxies,
         admin_port=settings.gateway_admin_port if admin_port is None else admin_port,
+        stats_port=settings.gateway_stats_port,
         descriptor_path=str(DESCRIPTOR),
         max_body_bytes=settings.gateway_max_body_bytes,
         identity_mode=settings.gateway_identity_mode,
-        jwt={"issuer": settings.jwt_issuer, "audiences": settings.jwt_audiences, "jwks_path": settings.jwt_jwks_path},
+        jwt={"issuer": settings.jwt_issuer, "audiences": settings.jwt_audiences, "jwks_path": settings.jwt_jwks_path,
+             "jwks_uri": _jwks_uri(settings.jwt_jwks_uri), "user_claim": settings.jwt_user_claim,
+             "roles_claim": settings.jwt_roles_claim},
+        service_token=settings.service_token.get_secret_value() if settings.service_token else "",
         lua_path=str(_write(out_dir / "envelope.lua", envelope_lua())),
         stream_lua_path=str(_write(out_dir / "stream_route.lua", stream_route_lua())),
         openai_local_replies=openai_local_replies(),
@@ -50,7 +58,20 @@ def render_envoy_config(
         internal_methods=[m.path for m in api.internal_methods()],
         streaming_methods=[(m.path, m.component) for m in api.streaming_methods()],
     )
-    return _write(out_dir / "envoy.yaml", text)
+    config = _write(out_dir / "envoy.yaml", text)
+    config.chmod(0o600)  # it holds the service credential
+    return config
+
+
+def _jwks_uri(uri: str) -> dict | None:
+    """What the template's jwks cluster needs of a JWKS URL: host, port, TLS or not."""
+    if not uri:
+        return None
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"jwt_jwks_uri must be an http:// or https:// URL, not {uri!r}")
+    tls = parts.scheme == "https"
+    return {"uri": uri, "host": parts.hostname, "port": parts.port or (443 if tls else 80), "tls": tls}
 
 
 def _write(path: Path, text: str) -> Path:
@@ -107,3 +128,41 @@ def openai_local_replies() -> list[tuple[str, int, str, str]]:
     return rows + [("EQ", 413, "invalid_request_error", "invalid_argument"),  # body too large: Envoy's alone
                    ("GE", 500, "server_error", "internal"),
                    ("GE", 400, "invalid_request_error", "invalid_argument")]
+
+
+# ------------------------------------------------------------------ the gateway image's entry point
+
+
+def upstream_clusters(settings: Settings) -> dict[str, tuple[str, int]]:
+    """A cluster per component of the protos and reflection, where the services call it too:
+    LLMOPS_<COMPONENT>_ADDRESS, else 127.0.0.1:<its port> (everything in one pod or machine)."""
+    return {name: _host_port(name, settings.address_of(name))
+            for name in [*(c.name for c in api.components()), "reflection"]}
+
+
+def _host_port(name: str, address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"LLMOPS_{name.upper()}_ADDRESS = {address!r}: expected host:port")
+    return host, int(port)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Render the config from LLMOPS_* into --out and exec Envoy on it: the container renders at start,
+    so compose and Kubernetes run one image with their own upstreams. Arguments after -- go to Envoy."""
+    parser = argparse.ArgumentParser(prog="python -m shared.gateway", description=main.__doc__)
+    parser.add_argument("--out", type=Path, required=True, help="writable directory for envoy.yaml and the filters")
+    args, envoy_args = parser.parse_known_args(argv)
+    envoy_args = envoy_args[1:] if envoy_args[:1] == ["--"] else envoy_args
+    settings = get_settings()
+    try:
+        config = render_envoy_config(settings, clusters=upstream_clusters(settings), out_dir=args.out)
+    except ValueError as exc:
+        sys.exit(f"gateway: {exc}")
+    envoy = str(Path(sys.executable).parent / "envoy")
+    # No hot restart: a restarted container must not trip over the shared memory of the one before.
+    os.execv(envoy, [envoy, "-c", str(config), "--disable-hot-restart", *envoy_args])
+
+
+if __name__ == "__main__":
+    main()

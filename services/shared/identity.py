@@ -102,6 +102,8 @@ class AccessTable:
     PUBLIC_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
                        "grpc.reflection.v1.ServerReflection")
 
+    _public_prefixes = tuple(f"/{s}/" for s in PUBLIC_SERVICES)
+
     def __init__(self, service_names: list[str]) -> None:
         api.services()  # every proto module imported: the descriptor pool knows each service
         pool = descriptor_pool.Default()
@@ -116,11 +118,14 @@ class AccessTable:
     def rule(self, method: str) -> access_pb2.Access | None:
         return self._rules.get(method)
 
+    def is_public_service(self, method: str) -> bool:
+        return method.startswith(self._public_prefixes)
+
     def check(self, method: str, identity: Identity, *, platform_process: bool = False) -> access_pb2.Access | None:
         """Raise Unauthenticated/PermissionDenied unless identity may call method; an internal
         method also needs the caller to be one of the platform's processes (it presented the
         service credential: see service_credential_ok)."""
-        if method.startswith(tuple(f"/{s}/" for s in self.PUBLIC_SERVICES)):
+        if self.is_public_service(method):
             return None
         rule = self._rules.get(method)
         if rule is None:  # an RPC without a declared rule is closed, not open

@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
 from . import identity as ident
-from .errors import DomainError, InvalidArgument
+from .errors import DomainError, InvalidArgument, Unauthenticated
 from .observability import LATENCY, REQUESTS
 
 log = structlog.get_logger()
@@ -81,10 +81,12 @@ def _check_decoded(request: Any) -> None:
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, service: str, table: ident.AccessTable, *, service_token: str | None = None) -> None:
+    def __init__(self, service: str, table: ident.AccessTable, *, service_token: str | None = None,
+                 credential_required: bool = False) -> None:
         self._service = service
         self._table = table
         self._service_token = service_token
+        self._credential_required = credential_required
 
     async def intercept_service(
         self,
@@ -146,6 +148,11 @@ class _Call:
         return self
 
     def authorize(self) -> None:
+        if self.owner._credential_required and not self.platform_process \
+                and not self.owner._table.is_public_service(self.method):
+            raise Unauthenticated(
+                "this service answers only the gateway and the platform's own processes, which present the "
+                "service credential: call it through the gateway", reason="SERVICE_CREDENTIAL_REQUIRED")
         if self.identity_error is not None:
             raise self.identity_error
         self.rule = self.owner._table.check(self.method, self.identity, platform_process=self.platform_process)

@@ -8,6 +8,8 @@ import sys
 import structlog
 from prometheus_client import Counter, Histogram, start_http_server
 
+from .identity import REQUEST_ID_KEY, current_request_id
+
 REQUESTS = Counter(
     "llmops_grpc_requests_total", "gRPC calls handled, by method and status code.",
     ["service", "method", "code"],
@@ -46,3 +48,10 @@ def serve_metrics(port: int) -> None:
             start_http_server(port)
         except OSError as exc:
             structlog.get_logger().warning("no /metrics: the port is taken", port=port, error=str(exc))
+
+
+def request_id_metadata() -> tuple[tuple[str, str], ...]:
+    """gRPC metadata that carries the request being handled to another service, so that its log
+    lines there carry the same request id (empty outside a request)."""
+    request_id = current_request_id()
+    return ((REQUEST_ID_KEY, request_id),) if request_id else ()

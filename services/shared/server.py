@@ -45,13 +45,15 @@ class RunningServer:
 
 async def start_server(
     *, service: str, servicers: list[Servicer], address: str, reflected: list[str] | None = None,
-    service_token: SecretStr | None = None,
+    service_token: SecretStr | None = None, credential_required: bool = False,
 ) -> RunningServer:
     """Serve servicers at address; reflection describes them (or `reflected`, when given).
-    Internal methods answer only callers that present service_token."""
+    Internal methods answer only callers that present service_token; with credential_required,
+    every method but health and reflection does."""
     token = service_token.get_secret_value() if service_token is not None else None
     server = grpc.aio.server(
-        interceptors=[CallInterceptor(service, AccessTable([s.name for s in servicers]), service_token=token)],
+        interceptors=[CallInterceptor(service, AccessTable([s.name for s in servicers]), service_token=token,
+                                      credential_required=credential_required)],
         # Metadata limits well above the gateway's 8 KiB of request headers, so an oversized header
         # is Envoy's 431 and never gRPC's RESOURCE_EXHAUSTED (which the envelope shows as a 429).
         options=[("grpc.so_reuseport", 0), ("grpc.max_metadata_size", 32 * 1024),

@@ -34,10 +34,26 @@ class Settings(BaseSettings):
         default=None, description="The credential the platform's own processes present on internal methods (the "
                                   "route and experiment watches, outcome ingestion). `make up` makes a random one "
                                   "when unset; a service without one refuses every internal call.")
+    service_credential_required: bool = Field(
+        default=False, description="Every call but health and reflection must carry the service credential, "
+                                   "which the gateway adds to what it forwards: set it where something other "
+                                   "than the gateway can reach a service port (compose, Kubernetes), so that a "
+                                   "direct call cannot claim any X-User-Id it likes.")
+    # Where the services are, for the others and the gateway image, when not on this machine: host:port,
+    # e.g. LLMOPS_REGISTRY_ADDRESS=registry:50051; empty: 127.0.0.1:<its port>.
+    registry_address: str = ""
+    deployment_address: str = ""
+    experiment_address: str = ""
+    router_address: str = ""
+    reflection_address: str = ""
     metrics_port: int = Field(default=0, description="Prometheus /metrics port of this process; 0 disables.")
 
     gateway_port: int = Field(default=8080, description="Envoy: REST and gRPC on one port.")
-    gateway_admin_port: int = 9901
+    gateway_admin_port: int = Field(default=9901, description="Envoy's admin interface, on 127.0.0.1 only.")
+    gateway_stats_port: int = Field(
+        default=0, description="A port on the gateway's listening address that answers only GET /ready and "
+                               "/stats/prometheus from the admin interface, for probes and Prometheus in "
+                               "compose and Kubernetes; 0: none.")
     gateway_listen_address: str = Field(
         default="", description="Envoy's listening address. Empty: 127.0.0.1 in trusted-headers mode (a client "
                                 "header is an identity, so only this machine may send one), 0.0.0.0 in jwt mode.")
@@ -49,7 +65,12 @@ class Settings(BaseSettings):
     gateway_upstream_timeout_s: float = 120.0
     jwt_issuer: str = ""
     jwt_audiences: list[str] = Field(default_factory=list)
-    jwt_jwks_path: str = ""
+    jwt_jwks_path: str = Field(default="", description="jwt mode: the identity provider's keys, a JWKS file.")
+    jwt_jwks_uri: str = Field(default="", description="jwt mode: or their URL (http or https), which Envoy fetches "
+                                                      "and caches; the path wins when both are set.")
+    jwt_user_claim: str = Field(default="sub", description="jwt mode: the claim that becomes X-User-Id.")
+    jwt_roles_claim: str = Field(default="roles", description="jwt mode: the claim that becomes X-User-Roles, a "
+                                                              "list of role names or one comma-separated string.")
 
     # Serving (deployment service)
     serving_runtime: Literal["local", "kubernetes"] = Field(
@@ -58,6 +79,10 @@ class Settings(BaseSettings):
                               description="Local runtime: model repositories, replica logs and state.")
     triton_home: Path = Field(default=REPO_ROOT / "build" / "triton",
                               description="Local runtime: where the tritonserver from nvidia-pytriton is laid out.")
+    serving_advertise_host: str = Field(
+        default="127.0.0.1", description="Local runtime: the host of the replica addresses the router is given "
+                                         "(e.g. `deployment` in compose, where the router runs in another "
+                                         "container); Triton binds 0.0.0.0 when it is not a loopback address.")
     local_artifact_roots: list[Path] = Field(
         default_factory=list, description='Local runtime: directories file:// artifacts may come from, e.g. '
                                           '["/srv/models"]; none by default (pkg:// artifacts only).')
@@ -76,6 +101,24 @@ class Settings(BaseSettings):
     gpus_per_replica: int = Field(default=1, description="nvidia.com/gpu per replica of a tensorrt_llm model.")
     ingress_class: str = "nginx"
     ingress_host: str = Field(default="", description="Host of the endpoints' Ingress rules; empty: any host.")
+    services_image: str = Field(default="ghcr.io/llmops-platform/llmops:0.1.0",
+                                description="Kubernetes: the platform's image; serving pods of pkg:// models run "
+                                            "it (it holds the bundled models, llama.cpp and tritonserver).")
+    kubernetes_gateway_service: str = Field(default="llmops-gateway", description="Kubernetes: the Envoy gateway's "
+                                            "Service (port kubernetes_gateway_port), where endpoint Ingresses go.")
+    kubernetes_gateway_namespace: str = Field(default="", description="Its namespace; empty: pod_namespace.")
+    kubernetes_gateway_port: int = 8080
+    kubernetes_cluster_domain: str = "cluster.local"
+    pod_name: str = Field(default="", description="Kubernetes (downward API): this pod, the leader lease identity.")
+    pod_namespace: str = Field(default="", description="Kubernetes (downward API): this pod's namespace, where "
+                                                       "the leader lease lives; empty: kubernetes_namespace.")
+    leader_lease_name: str = Field(default="llmops-deployment-leader",
+                                   description="Kubernetes: the coordination.k8s.io Lease the deployment service "
+                                               "replicas elect their one acting leader with.")
+    leader_lease_duration_s: float = Field(default=15.0, gt=0, description="How long a lease holds unrenewed.")
+    leader_renew_deadline_s: float = Field(default=10.0, gt=0, description="A leader that could not renew for "
+                                                                           "this long stops acting.")
+    leader_retry_period_s: float = Field(default=2.0, gt=0, description="Between two acquire or renew tries.")
 
     # Inference router
     router_request_timeout_s: float = Field(default=120.0, description="Per-request limit (504 beyond it).")
@@ -112,6 +155,31 @@ class Settings(BaseSettings):
     def port_of(self, component: str) -> int:
         """The port of a component of the protos (llmops.v1.component) or of reflection."""
         return getattr(self, f"{component}_port")
+
+    def address_of(self, component: str) -> str:
+        """Where this process calls another service: its *_address, else its port on this machine."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return getattr(self, f"{component}_address", "") or f"{host}:{self.port_of(component)}"
+
+    @model_validator(mode="after")
+    def _leader_timings(self) -> Settings:
+        # client-go's rule: a leader must stop acting before its lease can expire for the others.
+        if not self.leader_retry_period_s < self.leader_renew_deadline_s < self.leader_lease_duration_s:
+            raise ValueError("leader election needs leader_retry_period_s < leader_renew_deadline_s < "
+                             "leader_lease_duration_s")
+        return self
+
+    @model_validator(mode="after")
+    def _credential_to_require(self) -> Settings:
+        if self.service_credential_required and not self.service_token:
+            raise ValueError("service_credential_required needs a service_token (LLMOPS_SERVICE_TOKEN) to require")
+        return self
+
+    @model_validator(mode="after")
+    def _jwt_keys(self) -> Settings:
+        if self.gateway_identity_mode == "jwt" and not (self.jwt_jwks_path or self.jwt_jwks_uri):
+            raise ValueError("jwt identity mode needs the identity provider's keys: jwt_jwks_path or jwt_jwks_uri")
+        return self
 
     @model_validator(mode="after")
     def _gateway_listen_address(self) -> Settings:

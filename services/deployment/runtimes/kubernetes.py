@@ -1,4 +1,4 @@
-"""The Kubernetes serving runtime: one endpoint revision = four objects, server-side applied.
+"""The Kubernetes serving runtime: one endpoint revision = five objects, server-side applied.
 
 This module does the I/O with the official ``kubernetes`` client; what is sent
 comes from k8s_manifests (pure builders), what is read back is judged by
@@ -27,6 +27,11 @@ RuntimeFailure on Progressing=False / ReplicaFailure or after
 ``settings.triton_ready_timeout_s``. With ``wait_for_rollout=False`` apply()
 returns once the four objects are applied and the caller polls status(), which
 says deploying until the Deployment's status says otherwise.
+
+Replicas the router calls. status() reports one replica per ready pod (podIP:8001),
+read from the headless Service's EndpointSlices, which start() watches in every
+serving namespace (k8s_slices: why a watch); a change of them calls ``on_change``
+with the endpoint id, so the router's table follows the pods as they come and go.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -46,9 +51,12 @@ from shared.settings import Settings
 from .base import Health, RuntimeFailure, RuntimeStatus, ServingSpec
 from .k8s_manifests import build_manifests, build_replicas_handover
 from .k8s_names import (
-    FIELD_MANAGER, HANDOVER_FIELD_MANAGER, candidate_namespaces, deployment_name, hpa_name, ingress_name,
-    namespace_for, service_name)
-from .k8s_status import applies_replicas, assess_deployment, desired_replicas, observed_generation, rolled_out
+    FIELD_MANAGER, HANDOVER_FIELD_MANAGER, candidate_namespaces, deployment_name, gateway_service_name, hpa_name,
+    ingress_name, namespace_for, service_name)
+from .k8s_slices import SERVICE_NAME_LABEL, SERVING_PREFIX, EndpointSliceWatch, list_slices, slices_of
+from .k8s_status import (
+    applies_replicas, assess_deployment, desired_replicas, observed_generation, revision_of, rolled_out,
+    slice_replicas)
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +71,15 @@ def _api_error(exc: k8s.ApiException) -> str:
         return f"{exc.status} {body.get('reason', '')}: {body.get('message', '')}".strip()
     except (ValueError, AttributeError):
         return f"{exc.status} {exc.reason}"
+
+
+def kubernetes_api_client(settings: Settings) -> k8s.ApiClient:
+    """A client from ``settings.kubernetes_kubeconfig``, or the in-cluster service account when that is empty."""
+    if settings.kubernetes_kubeconfig:
+        return k8s_config.new_client_from_config(config_file=settings.kubernetes_kubeconfig, persist_config=False)
+    configuration = k8s.Configuration()
+    k8s_config.load_incluster_config(client_configuration=configuration)
+    return k8s.ApiClient(configuration)
 
 
 class KubernetesRuntime:
@@ -81,13 +98,25 @@ class KubernetesRuntime:
         self._wait = wait_for_rollout
         self._poll_interval_s = poll_interval_s
         self._namespaces: dict[str, str] = {}  # endpoint id -> namespace, learnt on apply/status
+        self._watches: dict[str, EndpointSliceWatch] = {}  # namespace -> its EndpointSlices
+        self.on_change: Callable[[str], None] | None = None
 
     # -- protocol
 
     async def start(self) -> None:
         """Nothing to adopt: the cluster holds the state. Loads the client config now so a
-        bad kubeconfig fails at start-up rather than at the first deploy."""
-        await asyncio.to_thread(self._client)
+        bad kubeconfig fails at start-up rather than at the first deploy, and starts watching
+        the EndpointSlices of every serving namespace."""
+        discovery = k8s.DiscoveryV1Api(await asyncio.to_thread(self._client))
+        loop = asyncio.get_running_loop()
+
+        def changed(service: str) -> None:  # in a watch thread
+            loop.call_soon_threadsafe(self._replicas_changed, service.removeprefix(SERVING_PREFIX))
+
+        for namespace in candidate_namespaces(self._settings):
+            if namespace not in self._watches:
+                self._watches[namespace] = EndpointSliceWatch(discovery, namespace, changed)
+                self._watches[namespace].start()
 
     async def apply(self, spec: ServingSpec) -> None:
         namespace = namespace_for(self._settings, spec.environment)
@@ -111,7 +140,8 @@ class KubernetesRuntime:
             return RuntimeStatus(health=Health.FAILED, desired_replicas=0, ready_replicas=0,
                                  reason=f"Deployment {deployment_name(endpoint_id)} not found in {namespaces}")
         namespace, deployment = found
-        return assess_deployment(deployment, namespace)
+        slices = await asyncio.to_thread(self._endpoint_slices, namespace, service_name(endpoint_id))
+        return assess_deployment(deployment, slice_replicas(slices, revision_of(deployment)))
 
     async def remove(self, endpoint_id: str) -> None:
         await asyncio.to_thread(self._delete_all, endpoint_id)
@@ -119,22 +149,36 @@ class KubernetesRuntime:
         log.info("kubernetes.removed", endpoint_id=endpoint_id)
 
     async def close(self) -> None:
+        watches, self._watches = list(self._watches.values()), {}
+        await asyncio.gather(*(asyncio.to_thread(w.stop) for w in watches))
         if self._owns_client and self._api_client is not None:
             client, self._api_client = self._api_client, None
             await asyncio.to_thread(client.close)
 
     # -- blocking helpers (run in a worker thread)
 
+    def _replicas_changed(self, endpoint_id: str) -> None:
+        if self.on_change is not None:
+            self.on_change(endpoint_id)
+
     def _client(self) -> k8s.ApiClient:
         if self._api_client is None:
-            if self._settings.kubernetes_kubeconfig:
-                self._api_client = k8s_config.new_client_from_config(
-                    config_file=self._settings.kubernetes_kubeconfig, persist_config=False)
-            else:
-                configuration = k8s.Configuration()
-                k8s_config.load_incluster_config(client_configuration=configuration)
-                self._api_client = k8s.ApiClient(configuration)
+            self._api_client = kubernetes_api_client(self._settings)
         return self._api_client
+
+    def _endpoint_slices(self, namespace: str, service: str) -> list[Mapping[str, Any]]:
+        """The Service's EndpointSlices: the watch's, or (not watching or not synced yet) listed now."""
+        watch = self._watches.get(namespace)
+        watched = watch.slices(service) if watch is not None else None
+        if watched is not None:
+            return watched
+        try:
+            listed = list_slices(k8s.DiscoveryV1Api(self._client()), namespace,
+                                 label_selector=f"{SERVICE_NAME_LABEL}={service}")
+        except k8s.ApiException as exc:
+            raise RuntimeFailure(f"listing the EndpointSlices of {namespace}/{service} failed: "
+                                 f"{_api_error(exc)}") from exc
+        return slices_of(listed.get("items") or [], service)
 
     def _operations(self, kind: str) -> tuple[Call, Call, Call]:
         """(patch, read, delete) of the typed API for one of the four kinds."""
@@ -158,7 +202,7 @@ class KubernetesRuntime:
         raise ValueError(f"unsupported kind {kind}")
 
     def _apply_revision(self, spec: ServingSpec, namespace: str) -> dict[str, Any]:
-        """Server-side apply the four objects (replicas as the module docstring says); the applied Deployment."""
+        """Server-side apply the five objects (replicas as the module docstring says); the applied Deployment."""
         current = self._read_deployment(namespace, deployment_name(spec.endpoint_id))
         if current is not None and applies_replicas(current, FIELD_MANAGER):
             self._hand_over_replicas(spec.endpoint_id, namespace, desired_replicas(current))
@@ -216,8 +260,9 @@ class KubernetesRuntime:
         return None
 
     def _delete_all(self, endpoint_id: str) -> None:
-        objects = [("Ingress", ingress_name(endpoint_id)), ("HorizontalPodAutoscaler", hpa_name(endpoint_id)),
-                   ("Service", service_name(endpoint_id)), ("Deployment", deployment_name(endpoint_id))]
+        objects = [("Ingress", ingress_name(endpoint_id)), ("Service", gateway_service_name(endpoint_id)),
+                   ("HorizontalPodAutoscaler", hpa_name(endpoint_id)), ("Service", service_name(endpoint_id)),
+                   ("Deployment", deployment_name(endpoint_id))]
         for namespace in self._namespaces_of(endpoint_id):
             for kind, name in objects:
                 _, _, delete = self._operations(kind)
@@ -237,7 +282,7 @@ class KubernetesRuntime:
             deployment = await asyncio.to_thread(self._read_deployment, namespace, name)
             if deployment is None:
                 raise RuntimeFailure(f"Deployment {namespace}/{name} disappeared during the rollout")
-            state = assess_deployment(deployment, namespace)
+            state = assess_deployment(deployment)
             if observed_generation(deployment) >= generation:
                 if state.health == Health.FAILED:
                     raise RuntimeFailure(f"revision {spec.revision} of {name} failed: {state.reason}")

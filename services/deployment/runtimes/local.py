@@ -105,8 +105,9 @@ class Replica:
     def model_died(self) -> bool:
         return self.model_processes > 0 and self.running_model_processes() < self.model_processes
 
-    def state(self) -> ReplicaState:
-        return ReplicaState(id=self.id, grpc_address=f"127.0.0.1:{self.grpc_port}",
+    def state(self, host: str) -> ReplicaState:
+        """As the router sees it: at `host` (LLMOPS_SERVING_ADVERTISE_HOST), the replica's gRPC port."""
+        return ReplicaState(id=self.id, grpc_address=f"{host}:{self.grpc_port}",
                             ready=self.ready and not self.draining, revision=self.revision)
 
 
@@ -319,7 +320,8 @@ class LocalRuntime:
             health, reason = Health.DEPLOYING, ""
         return RuntimeStatus(health=health, reason=reason, desired_replicas=state.desired, ready_replicas=ready,
                              triton_model=state.triton_model,
-                             replicas=tuple(r.state() for r in state.replicas if r.ready and not r.draining))
+                             replicas=tuple(r.state(self._settings.serving_advertise_host)
+                                           for r in state.replicas if r.ready and not r.draining))
 
     async def close(self) -> None:
         tasks = [t for t in (self._loop_task, *self._background) if t is not None]
@@ -342,7 +344,9 @@ class LocalRuntime:
         assert self._home is not None
         replica_id = f"r{revision}-{uuid.uuid4().hex[:6]}"
         ports = dict(zip(("grpc_port", "http_port", "metrics_port"), _free_ports(3), strict=True))
-        argv, env = triton.triton_command(self._home, repository / "models", **ports)
+        argv, env = triton.triton_command(
+            self._home, repository / "models", address=triton.bind_address(self._settings.serving_advertise_host),
+            **ports)
         log_path = self._root / endpoint_id / f"{replica_id}.log"
         # Spawned, not a subprocess.Popen: a replica outlives the runtime that started it (the next
         # one adopts it), and the Replica reaps its own child (os.waitpid).

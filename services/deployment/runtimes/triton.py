@@ -14,6 +14,7 @@ Triton model names (fixed per kind, so a repository holds at most one of each):
 from __future__ import annotations
 
 import importlib.metadata
+import ipaddress
 import os
 import shutil
 import struct
@@ -281,6 +282,17 @@ def write_model_repository(dest: Path, model: ModelSnapshot, *, replicas: int = 
 
 
 # ------------------------------------------------------------------------ command
+
+
+def bind_address(advertise_host: str) -> str:
+    """What a replica binds so that the address it is advertised under reaches it: 127.0.0.1 (this
+    machine only, where the runtime's readiness checks look) for a loopback host; every interface
+    for any other (a container's name, which other containers resolve to this one)."""
+    try:
+        loopback = advertise_host == "localhost" or ipaddress.ip_address(advertise_host).is_loopback
+    except ValueError:  # a host name
+        loopback = False
+    return "127.0.0.1" if loopback else "0.0.0.0"
 
 
 def shm_prefix(grpc_port: int) -> str:
