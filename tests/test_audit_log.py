@@ -54,7 +54,8 @@ def test_who_changed_this_endpoint(gateway, history):
     assert "before" not in deployed and deployed["after"]["id"] == history["endpoint"]["id"]
     update = found[1]
     assert (update["before"]["config"]["max_replicas"], update["after"]["config"]["max_replicas"]) == (3, 2)
-    assert [r["at"] for r in found] == sorted((r["at"] for r in found), reverse=True)
+    times = [datetime.fromisoformat(r["at"]) for r in found]  # RFC 3339 with 0, 3, 6 or 9 digits of fraction
+    assert times == sorted(times, reverse=True) and any(t.microsecond for t in times)  # to the microsecond
 
 
 def test_the_catalog_has_its_own_log(gateway, history):

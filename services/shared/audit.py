@@ -138,8 +138,8 @@ def _struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
 
 def record_to_proto(row: AuditRecordBase) -> audit_pb2.AuditRecord:
     return audit_pb2.AuditRecord(
-        id=str(row.id), at=to_timestamp(row.at), actor=row.actor, roles=row.roles, action=row.action,
-        resource_type=row.resource_type, resource_id=row.resource_id, request_id=row.request_id,
+        id=str(row.id), at=to_timestamp(row.at, whole_seconds=False), actor=row.actor, roles=row.roles,
+        action=row.action, resource_type=row.resource_type, resource_id=row.resource_id, request_id=row.request_id,
         before=_struct(row.before), after=_struct(row.after))
 
 

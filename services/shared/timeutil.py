@@ -16,9 +16,11 @@ def as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
-def to_timestamp(value: datetime | None) -> Timestamp | None:
+def to_timestamp(value: datetime | None, *, whole_seconds: bool = True) -> Timestamp | None:
+    """A resource's times to the second; an audit record keeps its microseconds, since the logs of
+    several services are merged by them (two changes a second apart or less keep their order)."""
     if value is None:
         return None
     ts = Timestamp()
-    ts.FromDatetime(as_utc(value).replace(microsecond=0))
+    ts.FromDatetime(as_utc(value).replace(microsecond=0) if whole_seconds else as_utc(value))
     return ts
