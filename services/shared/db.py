@@ -12,7 +12,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, create_engine
 
@@ -80,6 +80,12 @@ def run_migrations_online(context, target_metadata, *, table_prefix: str) -> Non
         return table is None or table.name.startswith(table_prefix)
 
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Replicas that start together (Kubernetes) would each create the same tables: one migrates,
+            # the others wait here until it commits, then find the schema at head. The lock is the
+            # transaction's, so it is released with it, however the migration ends.
+            connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:table))"),
+                               {"table": config.attributes["version_table"]})
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
