@@ -227,8 +227,21 @@ class ApplyingEmulator(kmock.KubernetesEmulator):
                 drop(new, path)
             for path, value in fields.items():
                 put(new, path, value)
+            if request.resource == SERVICES:
+                self._check_cluster_ip(request.name, old, new)
             owners[(manager, "Apply")] = set(fields)
             return await self._commit(key, old, new, request)
+
+    @staticmethod
+    def _check_cluster_ip(name: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+        """The API server's Service validation: spec.clusterIP may not change once set."""
+        had, now = (old.get("spec") or {}).get("clusterIP"), (new.get("spec") or {}).get("clusterIP")
+        if had and now != had:
+            message = f'Invalid value: []string{{"{now}"}}: may not change once set'
+            raise kmock.KubernetesError(status=422, reason="Invalid", message=(
+                f'Service "{name}" is invalid: spec.clusterIPs[0]: {message}'), details={
+                "name": name, "kind": "Service",
+                "causes": [{"reason": "FieldValueInvalid", "message": message, "field": "spec.clusterIPs[0]"}]})
 
     async def _create(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         """POST: a new object with its server fields; 409 AlreadyExists when one lives under that name."""
@@ -709,6 +722,45 @@ def test_reapplying_the_same_revision_changes_nothing(cluster):
     deployment = cluster.stored("Deployment", "default", f"serving-{spec.endpoint_id}")
     assert deployment["metadata"]["generation"] == 1
     assert without_server_fields(deployment) == build_deployment(spec, make_settings(), deployment_exists=False)
+
+
+def test_a_serving_service_an_earlier_version_made_is_recreated_headless(cluster):
+    # Before the router learnt the pods from EndpointSlices, serving-<id> was a ClusterIP Service, and a
+    # Service's clusterIP never changes: the apply that makes it headless is refused, so it is replaced.
+    spec = make_spec()
+    name = f"serving-{spec.endpoint_id}"
+    core = k8s.CoreV1Api(cluster.api_client)
+    core.create_namespaced_service("default", {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.12", "selector": {"app": name}, "ports": [{"name": "grpc", "port": 8001}]}},
+        _preload_content=False)
+    with pytest.raises(k8s.ApiException) as refused:  # what the API server answers that apply
+        core.patch_namespaced_service(name, "default", {"apiVersion": "v1", "kind": "Service", "metadata": {
+            "name": name, "namespace": "default"}, "spec": {"clusterIP": "None"}}, field_manager="someone",
+            force=True, _content_type="application/apply-patch+yaml", _preload_content=False)
+    assert refused.value.status == 422
+
+    run(runtime(cluster).apply(spec))
+    service = cluster.stored("Service", "default", name)
+    assert service["spec"]["clusterIP"] == "None"
+    [manifest] = [m for m in build_manifests(spec, make_settings(), deployment_exists=False)
+                  if m["kind"] == "Service" and m["metadata"]["name"] == name]
+    assert without_server_fields(service) == manifest
+
+
+def test_a_service_refused_for_another_reason_fails_the_apply(cluster, monkeypatch):
+    spec = make_spec()
+    rt = runtime(cluster)
+    real = rt._server_side_apply
+
+    def refuse_services(manifest, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        if manifest["kind"] == "Service":
+            raise k8s.ApiException(status=422, reason="Invalid")
+        return real(manifest, *args, **kwargs)
+
+    monkeypatch.setattr(rt, "_server_side_apply", refuse_services)
+    with pytest.raises(RuntimeFailure, match="server-side apply of Service"):
+        run(rt.apply(spec))
 
 
 # --------------------------------------------------------------------------- replicas: the HPA's after the create

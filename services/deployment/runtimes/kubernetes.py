@@ -209,12 +209,40 @@ class KubernetesRuntime:
         applied = []
         for manifest in build_manifests(spec, self._settings, deployment_exists=current is not None):
             try:
-                applied.append(self._server_side_apply(manifest, FIELD_MANAGER, force=True))
+                applied.append(self._apply_object(manifest))
             except k8s.ApiException as exc:
                 meta = manifest["metadata"]
                 raise RuntimeFailure(f"server-side apply of {manifest['kind']} {meta['namespace']}/{meta['name']} "
                                      f"failed: {_api_error(exc)}") from exc
         return applied[0]
+
+    def _apply_object(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self._server_side_apply(manifest, FIELD_MANAGER, force=True)
+        except k8s.ApiException as exc:
+            if not self._recreated_for_cluster_ip(manifest, exc):
+                raise
+        return self._server_side_apply(manifest, FIELD_MANAGER, force=True)
+
+    def _recreated_for_cluster_ip(self, manifest: dict[str, Any], exc: k8s.ApiException) -> bool:
+        """A Service's clusterIP never changes once set, so the serving Service an earlier version of this
+        runtime made (ClusterIP) refuses to become headless: 422, field spec.clusterIPs[0]. Delete it, and
+        the next apply creates it anew (the router reads the pods' addresses, never the Service's, so
+        nothing that routes is lost meanwhile). True when deleted."""
+        if manifest["kind"] != "Service" or exc.status != 422:
+            return False
+        try:
+            causes = (json.loads(exc.body or "{}").get("details") or {}).get("causes") or []
+        except (ValueError, AttributeError):
+            return False
+        if not any(str(c.get("field", "")).startswith("spec.clusterIP") for c in causes):
+            return False  # refused for another reason: report it
+        _, _, delete = self._operations("Service")
+        meta = manifest["metadata"]
+        delete(meta["name"], meta["namespace"], _preload_content=False)
+        log.info("kubernetes.service_recreated", service=meta["name"], namespace=meta["namespace"],
+                 cluster_ip=manifest["spec"].get("clusterIP"), reason=_api_error(exc))
+        return True
 
     def _hand_over_replicas(self, endpoint_id: str, namespace: str, replicas: int) -> None:
         handover = build_replicas_handover(endpoint_id, namespace, replicas)
