@@ -8,6 +8,8 @@ import asyncio
 import concurrent.futures
 import faulthandler
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ import pytest
 import requests
 
 from llmops.v1 import deployment_pb2, deployment_pb2_grpc
+from shared import api
 from shared.gateway import render_envoy_config
 from shared.settings import Settings
 
@@ -102,6 +106,36 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def make_up_ports() -> dict[str, int]:
+    """A free port for each thing `make up` listens on, by the name of its LLMOPS_<NAME>_PORT."""
+    services = [c.name.upper() for c in api.components()] + ["REFLECTION"]
+    return {name: free_port() for name in ("GATEWAY", "GATEWAY_ADMIN", "SUPERVISOR_METRICS", *services)}
+
+
+@contextmanager
+def make_up(root: Path, ports: dict[str, int], env: dict[str, str], wait_s: float) -> Iterator[subprocess.Popen]:
+    """The platform as `make up` runs it (deploy/scripts/run_local.py): SQLite and serving state under
+    root, on these ports, env on top, its output in root/platform.log; yielded once it says it is up,
+    stopped as Ctrl-C stops it."""
+    env = {**os.environ, "LLMOPS_DATABASE_URL": f"sqlite:///{root / 'llmops.db'}",
+           "LLMOPS_SERVING_DIR": str(root / "serving"), "LLMOPS_RATE_LIMIT_PER_MINUTE": "0",
+           "LLMOPS_RECONCILE_INTERVAL_S": "0.5", **env,
+           **{f"LLMOPS_{name}_PORT": str(port) for name, port in ports.items()}}
+    log = root / "platform.log"
+    with open(log, "wb") as out:
+        launcher = subprocess.Popen([sys.executable, str(REPO_ROOT / "deploy" / "scripts" / "run_local.py")],
+                                    env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + wait_s
+        while "LLM Ops platform is up" not in log.read_text():
+            assert launcher.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.3)
+        yield launcher
+    finally:
+        launcher.send_signal(signal.SIGINT)
+        launcher.wait(60)
 
 
 def free_port_run(count: int) -> int:
@@ -280,7 +314,8 @@ class LocalStack:
 
     def watch_metadata(self) -> tuple[tuple[str, str], ...]:
         """What the router presents on WatchEndpoints, an internal method: the service credential."""
-        return identity("router", "admin") + (("x-llmops-service-token", self.settings.service_token.get_secret_value()),)
+        token = self.settings.service_token.get_secret_value()
+        return identity("router", "admin") + (("x-llmops-service-token", token),)
 
     def replicas(self, endpoint_id: str) -> list:
         """What the router sees: the endpoint's ready replicas, from WatchEndpoints."""

@@ -14,10 +14,8 @@ many requests the machine managed; the times measured are printed for the record
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,9 +26,7 @@ import psutil
 import pytest
 import requests
 
-from shared import api
-
-from .helpers import REPO_ROOT, command_line, free_port, program
+from .helpers import command_line, make_up, make_up_ports, program
 
 ADMIN = {"X-User-Id": "admin", "X-User-Roles": "admin"}
 USER = {"X-User-Id": "fault-user", "X-User-Roles": "researcher"}
@@ -90,30 +86,16 @@ class Platform:
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory) -> Iterator[Platform]:
     root = tmp_path_factory.mktemp("faults")
-    services = [c.name.upper() for c in api.components()] + ["REFLECTION"]
-    ports = {name: free_port() for name in ("GATEWAY", "GATEWAY_ADMIN", "SUPERVISOR_METRICS", *services)}
-    env = {**os.environ, "LLMOPS_DATABASE_URL": f"sqlite:///{root / 'llmops.db'}",
-           "LLMOPS_SERVING_DIR": str(root / "serving"), "LLMOPS_RATE_LIMIT_PER_MINUTE": "0",
-           "LLMOPS_RECONCILE_INTERVAL_S": "0.5", "LLMOPS_DRAIN_S": "1", "LLMOPS_LOG_LEVEL": "WARNING",
+    ports = make_up_ports()
+    env = {"LLMOPS_DRAIN_S": "1", "LLMOPS_LOG_LEVEL": "WARNING",
            # A kill leaves one replica with the traffic of two while its replacement starts and takes
            # CPU: admission may shed some of it (503 ENDPOINT_BUSY, its job, tested elsewhere). These
            # tests count what the fault itself fails.
-           "LLMOPS_ROUTER_QUEUE_BUDGET": "0",
-           **{f"LLMOPS_{name}_PORT": str(port) for name, port in ports.items()}}
-    log = root / "platform.log"
-    with open(log, "wb") as out:
-        launcher = subprocess.Popen([sys.executable, str(REPO_ROOT / "deploy" / "scripts" / "run_local.py")],
-                                    env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
-    p = Platform(launcher, f"http://127.0.0.1:{ports['GATEWAY']}/llm-ops/v1", ports, root / "serving", log)
-    try:
-        deadline = time.monotonic() + WAIT_S
-        while "LLM Ops platform is up" not in log.read_text():
-            assert launcher.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.3)
+           "LLMOPS_ROUTER_QUEUE_BUDGET": "0"}
+    with make_up(root, ports, env, WAIT_S) as launcher:
+        p = Platform(launcher, f"http://127.0.0.1:{ports['GATEWAY']}/llm-ops/v1", ports, root / "serving",
+                     root / "platform.log")
         yield p
-    finally:
-        launcher.send_signal(signal.SIGINT)
-        launcher.wait(60)
     assert p.replica_processes() == [], "make up left replica processes behind"
 
 

@@ -300,3 +300,30 @@ def test_a_follower_tells_its_watchers_what_the_leader_changed(cluster, tmp_path
 
     run(scenario())
     engine.dispose()
+
+
+def test_the_leader_applies_what_a_follower_recorded(cluster, tmp_path):
+    """A deploy may reach either replica: the leader finds the follower's revision in the table."""
+    engine = prepare_database(Settings(_env_file=None, database_url=f"sqlite:///{tmp_path / 'deployment.db'}"))
+    leader_runtime, follower_runtime = FakeRuntime(), FakeRuntime()
+
+    async def scenario() -> None:
+        leader = DeploymentService(engine=engine, catalog=ApprovedCatalog(), runtime=leader_runtime,
+                                   monitor_interval_s=0.05, elector=elector(cluster, "deployment-a", Clock()))
+        await leader.start()
+        await until(lambda: leader.leading, "deployment-a leads")
+        follower = DeploymentService(engine=engine, catalog=ApprovedCatalog(), runtime=follower_runtime,
+                                     monitor_interval_s=0.05, elector=elector(cluster, "deployment-b", Clock()))
+        await follower.start()
+        try:
+            endpoint = await follower.deploy(actor=OPERATOR, request=DeployRequest(
+                model_id=MODEL.id, environment="dev", route="/llm-ops/v1/serve/chat", min_replicas=1,
+                max_replicas=2, cpu_target=70))
+            await until(lambda: leader_runtime.applied == [(str(endpoint.id), 1)], "the leader applies it")
+            assert follower_runtime.applied == [] and not follower.leading
+        finally:
+            await follower.close()
+            await leader.close()
+
+    run(scenario())
+    engine.dispose()

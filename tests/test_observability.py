@@ -17,11 +17,8 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import os
 import re
-import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -47,7 +44,7 @@ from shared.errors import Unavailable
 from shared.identity import Identity
 from shared.settings import Settings
 
-from .helpers import REPO_ROOT, free_port, free_port_run
+from .helpers import REPO_ROOT, free_port, free_port_run, make_up, make_up_ports
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "llmops-dashboard.json"
 ADMIN = {"X-User-Id": "admin", "X-User-Roles": "admin"}
@@ -330,31 +327,15 @@ def wait_for(what: str, found: Callable[[], object]) -> object:
 def platform(tmp_path_factory) -> Iterator[Platform]:
     root = tmp_path_factory.mktemp("observability")
     processes = [c.name for c in api.components()] + ["reflection"]  # in `make up`'s order
-    ports = {name: free_port() for name in ("GATEWAY", "GATEWAY_ADMIN", "SUPERVISOR_METRICS",
-                                            *(p.upper() for p in processes))}
+    ports = make_up_ports()
     first_metrics = free_port_run(len(processes))
-    env = {**os.environ, "LLMOPS_DATABASE_URL": f"sqlite:///{root / 'llmops.db'}",
-           "LLMOPS_SERVING_DIR": str(root / "serving"), "LLMOPS_RATE_LIMIT_PER_MINUTE": "0",
-           "LLMOPS_RECONCILE_INTERVAL_S": "0.5", "LLMOPS_LOG_LEVEL": "INFO", "LLMOPS_LOG_JSON": "true",
-           "LLMOPS_METRICS_PORT": str(first_metrics),
+    env = {"LLMOPS_LOG_LEVEL": "INFO", "LLMOPS_LOG_JSON": "true", "LLMOPS_METRICS_PORT": str(first_metrics),
            # The test is the trusted proxy: the X-Request-Id it sends is kept, as a load balancer's would be.
-           "LLMOPS_GATEWAY_TRUSTED_PROXIES": '["127.0.0.1/32"]',
-           **{f"LLMOPS_{name}_PORT": str(port) for name, port in ports.items()}}
-    log = root / "platform.log"
-    with open(log, "wb") as out:
-        launcher = subprocess.Popen([sys.executable, str(REPO_ROOT / "deploy" / "scripts" / "run_local.py")],
-                                    env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
-    p = Platform(launcher, f"http://127.0.0.1:{ports['GATEWAY']}/llm-ops/v1", ports,
-                 {name: first_metrics + i for i, name in enumerate(processes)}, root / "serving", log)
-    try:
-        deadline = time.monotonic() + WAIT_S
-        while "LLM Ops platform is up" not in log.read_text():
-            assert launcher.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.3)
-        yield p
-    finally:
-        launcher.send_signal(signal.SIGINT)
-        launcher.wait(60)
+           "LLMOPS_GATEWAY_TRUSTED_PROXIES": '["127.0.0.1/32"]'}
+    with make_up(root, ports, env, WAIT_S) as launcher:
+        yield Platform(launcher, f"http://127.0.0.1:{ports['GATEWAY']}/llm-ops/v1", ports,
+                       {name: first_metrics + i for i, name in enumerate(processes)}, root / "serving",
+                       root / "platform.log")
 
 
 def echo_model(platform: Platform, name: str) -> str:

@@ -16,7 +16,7 @@ from .domain import ModelSnapshot
 
 class RegistryCatalog:
     def __init__(self, address: str, *, service_token: SecretStr | None = None, timeout_s: float = 10.0) -> None:
-        self._credential = service_metadata(service_token and service_token.get_secret_value())
+        self._credential = service_metadata(service_token)
         self._channel = grpc.aio.insecure_channel(address)
         self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self._timeout = timeout_s

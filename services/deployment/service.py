@@ -83,7 +83,6 @@ class DeploymentService:
         self.events = EndpointEvents()
         self._elector = elector
         self._monitor_interval_s = monitor_interval_s
-        self._resync: asyncio.Task | None = None
         self._mirror: asyncio.Task | None = None
         self.mirror_rounds = 0  # looks at the table so far (the mirror loop's)
         self.leading = False
@@ -106,44 +105,33 @@ class DeploymentService:
         for endpoint in await self.live_endpoints():
             self._controllers.wake(endpoint.id)
         self._monitor.start()
-        if self._elector is not None:
-            self._resync = asyncio.create_task(self._resync_loop(), name="endpoint-resync")
 
     async def follow(self) -> None:
         """Stop acting (another replica leads): applies in flight are cancelled, the new leader redoes them."""
-        self.leading = False
-        if self._resync is not None:
-            self._resync.cancel()
-            await asyncio.gather(self._resync, return_exceptions=True)
-            self._resync = None
+        self.leading = False  # from here the mirror loop wakes no controller
         await self._monitor.close()
         await self._controllers.close()
         for gauge in (READY_REPLICAS, DESIRED_REPLICAS):  # the leader reports them now: none stale from here
             gauge.clear()
 
-    async def _resync_loop(self) -> None:
-        """The leader's pick-up of revisions another replica recorded (while it followed, or in a failover)."""
-        while True:
-            await asyncio.sleep(self._monitor_interval_s)
-            try:
-                for endpoint in await self.live_endpoints():
-                    if endpoint.applied_revision != endpoint.revision:
-                        self._controllers.wake(endpoint.id)
-            except Exception:  # noqa: BLE001 - a database hiccup: the next round retries
-                log.exception("endpoint resync failed")
-
     async def _mirror_loop(self) -> None:
-        """Route events for what another replica changed: the leader writes each endpoint's status to the
-        database, and a router that watches this replica learns it here within an interval."""
+        """What another replica wrote to the table, each interval: route events for it (the leader writes
+        each endpoint's status, a follower the mutations it took), so a router that watches this replica
+        learns it; and, while this replica leads, a controller for each revision not applied yet (recorded
+        by another replica, or before a failover)."""
         seen: dict[uuid.UUID, tuple] | None = None  # None: the first round only looks
         while True:
             await asyncio.sleep(self._monitor_interval_s)
             try:
-                endpoints = {e.id: (e.status, e.revision, e.applied_revision) for e in await self.live_endpoints()}
+                live = await self.live_endpoints()
             except Exception:  # noqa: BLE001 - a database hiccup: the next round retries
                 log.exception("endpoint mirror failed")
                 continue
             self.mirror_rounds += 1
+            for endpoint in live:
+                if endpoint.applied_revision != endpoint.revision:
+                    self._wake(endpoint.id)  # only while leading
+            endpoints = {e.id: (e.status, e.revision, e.applied_revision) for e in live}
             if seen is None:
                 seen = endpoints
                 continue
@@ -363,7 +351,7 @@ class DeploymentService:
     # helpers -------------------------------------------------------------------------------------------------
 
     def _wake(self, endpoint_id: uuid.UUID) -> None:
-        if self.leading:  # a follower only records: the leader's resync picks the revision up
+        if self.leading:  # a follower only records: the leader's mirror loop picks the revision up
             self._controllers.wake(endpoint_id)
 
     async def _approved_model(self, model_id: str, actor: Identity) -> ModelSnapshot:

@@ -22,7 +22,7 @@ def _unavailable(what: str, exc: grpc.aio.AioRpcError) -> Unavailable:
 class Catalog:
     def __init__(self, *, registry_address: str, deployment_address: str, environment: str,
                  service_token: SecretStr | None = None, timeout_s: float = 10.0) -> None:
-        self._credential = service_metadata(service_token and service_token.get_secret_value())
+        self._credential = service_metadata(service_token)
         self._channels = [grpc.aio.insecure_channel(registry_address), grpc.aio.insecure_channel(deployment_address)]
         self._registry = registry_pb2_grpc.RegistryServiceStub(self._channels[0])
         self._deployment = deployment_pb2_grpc.DeploymentServiceStub(self._channels[1])

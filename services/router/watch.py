@@ -26,7 +26,7 @@ WATCH_CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1), ("grpc.initial_r
 
 def internal_call_metadata(service_token: SecretStr | None) -> tuple[tuple[str, str], ...]:
     """For internal methods (the watches, RecordOutcomes): the router's identity and the service credential."""
-    return ROUTER_IDENTITY.metadata() + service_metadata(service_token and service_token.get_secret_value())
+    return ROUTER_IDENTITY.metadata() + service_metadata(service_token)
 
 
 async def follow_watch(address: str, open_stream: Callable[[grpc.aio.Channel], AsyncIterator[Any]],

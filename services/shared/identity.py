@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from google.protobuf import descriptor_pool
+from pydantic import SecretStr
 
 from llmops.v1 import access_pb2
 
@@ -85,9 +86,9 @@ def service_credential_ok(metadata: dict[str, str], expected: str | None) -> boo
     return bool(expected) and hmac.compare_digest(presented.encode(), expected.encode())
 
 
-def service_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    """gRPC metadata that shows a call comes from one of the platform's processes."""
-    return ((SERVICE_TOKEN_KEY, token),) if token else ()
+def service_metadata(token: SecretStr | None) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata that shows a call comes from one of the platform's processes (settings.service_token)."""
+    return ((SERVICE_TOKEN_KEY, token.get_secret_value()),) if token and token.get_secret_value() else ()
 
 
 def bind(identity: Identity, request_id: str) -> None:
