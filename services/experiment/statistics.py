@@ -3,7 +3,7 @@
 The experiment service calls `analyze` on the raw outcomes each time someone GETs the
 experiment, and people reload that page as often as they like. A fixed-horizon test that is
 checked at every reload declares a winner in an A/A experiment far more often than its alpha
-promises (tests/test_experiment_statistics.py measures how much more), so every decision here
+promises (tests/unit/test_experiment_statistics.py measures how much more), so every decision here
 comes from an anytime-valid test instead: the asymptotic confidence sequence of Waudby-Smith
 et al. (2023) as GrowthBook's engine implements it (gbstats `SequentialTwoSidedTTest`). Its
 p-value and interval stay valid however often, and whenever, they are looked at.

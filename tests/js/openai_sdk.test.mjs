@@ -1,5 +1,5 @@
 // The official openai npm package against /v1 (node --test; BASE_URL is the gateway,
-// CHAT_MODEL and EMBEDDING_MODEL the endpoints). Run by tests/test_openai_contract.py.
+// CHAT_MODEL and EMBEDDING_MODEL the endpoints). Run by tests/e2e/test_openai_contract.py.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import OpenAI from "openai";

@@ -1,5 +1,5 @@
 // The package against the real gateway over native gRPC (node --import tsx --test). Run by
-// tests/test_typescript_client.py, which starts the platform with a SmolLM2 endpoint and passes
+// tests/e2e/test_typescript_client.py, which starts the platform with a SmolLM2 endpoint and passes
 // LLMOPS_URL (the gateway, as the CLI takes it), CHAT_ENDPOINT (its name) and CHAT_MODEL_ID (its model).
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
