@@ -17,8 +17,8 @@ app = typer.Typer(help="Prompt A/B experiments.", no_args_is_help=True)
 COLUMNS = [("ID", "id"), ("ENDPOINT", "endpoint"), ("METRIC", "metric"), ("B %", "allocation"),
            ("STATUS", "status"), ("DECISION", "recommendation.decision"), ("WINNER", "winnerTemplateId"),
            ("CREATED", at("createdAt"))]
-VARIANT_COLUMNS = [("VARIANT", "variant"), ("TEMPLATE", "templateId"), ("COUNT", "count"), ("SAMPLES", "samples"),
-                   ("MEAN", "mean"), ("P50", "p50"), ("P95", "p95"), ("ERRORS", "errors"),
+VARIANT_COLUMNS = [("VARIANT", "variant"), ("TEMPLATE", "templateId"), ("REQUESTS", "count"), ("USERS", "users"),
+                   ("SAMPLES", "samples"), ("MEAN", "mean"), ("P50", "p50"), ("P95", "p95"), ("ERRORS", "errors"),
                    ("ERROR RATE", "errorRate"), ("FEEDBACK", "meanFeedback")]
 COMPARISON_COLUMNS = [("MEASURE", "measure"), ("TEST", "test"), ("B - A", "difference"),
                       ("ANYTIME-VALID CI", lambda c: _interval(c, "sequentialCiLow", "sequentialCiHigh")),
@@ -89,7 +89,7 @@ def status(ctx: typer.Context, experiment_id: ExperimentId, output: OutputOption
 
 def _checks(significance: dict) -> Table:
     grid = Table.grid(padding=(0, 2))
-    grid.add_row("sample ratio", f"B share {cell(significance.get('observedBShare'))} of expected "
+    grid.add_row("sample ratio", f"B share of users {cell(significance.get('observedBShare'))}, expected "
                  f"{cell(significance.get('expectedBShare'))}, p = {cell(significance.get('srmPValue'))}"
                  + (" MISMATCH" if significance.get("sampleRatioMismatch") else ""))
     grid.add_row("guardrail", "breached: B errs more than A" if significance.get("guardrailBreached") else "ok")

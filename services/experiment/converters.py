@@ -61,9 +61,9 @@ def _test_of(metric: str) -> str:
 
 
 def _variant(s: VariantSummary) -> pb.VariantStats:
-    return pb.VariantStats(variant=s.variant, template_id=s.template_id, count=s.requests, errors=s.errors,
-                           error_rate=s.error_rate, samples=s.samples, mean=s.mean, p50=s.p50, p95=s.p95,
-                           mean_feedback=s.mean_feedback, feedback_count=s.feedback_count)
+    return pb.VariantStats(variant=s.variant, template_id=s.template_id, count=s.requests, users=s.users,
+                           errors=s.errors, error_rate=s.error_rate, samples=s.samples, mean=s.mean, p50=s.p50,
+                           p95=s.p95, mean_feedback=s.mean_feedback, feedback_count=s.feedback_count)
 
 
 def _comparison(c: Comparison | None) -> pb.Comparison | None:

@@ -138,9 +138,9 @@ def insert_outcomes(*, session: Session, outcomes: list[OutcomeRecord]) -> int:
 
 
 def outcomes_of(*, session: Session, experiment_id: uuid.UUID) -> list[tuple]:
-    """(variant, latency_ms, completion_tokens, error, feedback_score) of each outcome."""
+    """(variant, latency_ms, completion_tokens, error, user_id, feedback_score) of each outcome."""
     statement = select(OutcomeRow.variant, OutcomeRow.latency_ms, OutcomeRow.completion_tokens, OutcomeRow.error,
-                       OutcomeRow.feedback_score).where(OutcomeRow.experiment_id == experiment_id)
+                       OutcomeRow.user_id, OutcomeRow.feedback_score).where(OutcomeRow.experiment_id == experiment_id)
     return list(session.exec(statement).all())
 
 

@@ -104,8 +104,8 @@ class ExperimentService:
         return experiment, self._analyze(experiment, rows)
 
     def _analyze(self, experiment: Experiment, rows: list[tuple]) -> Analysis:
-        columns = list(zip(*rows)) if rows else [(), (), (), (), ()]
-        variant, latency, tokens, error, feedback = (np.asarray(c) for c in columns)
+        columns = list(zip(*rows)) if rows else [()] * 6
+        variant, latency, tokens, error, user_id, feedback = (np.asarray(c) for c in columns)
 
         def observations(name: str, template_id: str) -> Observations:
             mine = variant == name
@@ -113,7 +113,7 @@ class ExperimentService:
             rated = np.array([s for s in scores if s is not None], dtype=float)
             return Observations(variant=name, template_id=template_id, latency_ms=latency[mine].astype(float),
                                 completion_tokens=tokens[mine].astype(float), error=error[mine].astype(bool),
-                                feedback=rated)
+                                user_id=user_id[mine].astype(str), feedback=rated)
 
         s = self._statistics
         return analyze(observations("A", experiment.template_a_id), observations("B", experiment.template_b_id),

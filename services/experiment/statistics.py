@@ -11,8 +11,11 @@ p-value and interval stay valid however often, and whenever, they are looked at.
 The fixed-horizon results (Welch's t-test for means, a two-proportion z-test for the error
 rate) are reported too, because they are the familiar numbers, but no decision uses them. A
 chi-square sample-ratio test checks the split itself: if B does not get its share of the
-traffic, assignment or logging is broken and no comparison can be trusted. The error rate is a
-guardrail whatever the experiment's metric: a faster B that fails more often loses.
+users, assignment or logging is broken and no comparison can be trusted. It counts distinct
+users, not requests, because the user is what is assigned (sticky, by hash of experiment and
+user): one user's k requests are one draw of the split, not k, and counting them k times would
+flag healthy experiments whose users send many requests. The error rate is a guardrail whatever
+the experiment's metric: a faster B that fails more often loses.
 
 Pure functions, no I/O. Every float in the result is finite or None, since it goes into
 protobuf and JSON.
@@ -48,6 +51,7 @@ class Observations:
     latency_ms: np.ndarray  # float per request
     completion_tokens: np.ndarray  # int/float per request
     error: np.ndarray  # bool per request
+    user_id: np.ndarray  # who sent each request: the unit of assignment, which the split check counts
     feedback: np.ndarray  # float per rated request
 
 
@@ -56,6 +60,7 @@ class VariantSummary:
     variant: str
     template_id: str
     requests: int
+    users: int  # distinct users among the requests
     errors: int
     error_rate: float  # 0.0 without requests
     samples: int  # observations of the experiment's metric
@@ -84,8 +89,12 @@ class Comparison:
 
 @dataclass(frozen=True)
 class SampleRatio:
+    """The split of distinct users between the variants against the allocation."""
+
     expected_b_share: float
-    observed_b_share: float | None  # None without requests
+    observed_b_share: float | None  # None without users
+    a_users: int
+    b_users: int
     p_value: float
     mismatch: bool
 
@@ -132,7 +141,7 @@ def analyze(a: Observations, b: Observations, *, metric: str, allocation: int, a
     guardrail_breached = (guardrail is not None and guardrail.significant and guardrail.difference is not None
                           and guardrail.difference > 0
                           and min(summary_a.requests, summary_b.requests) >= min_samples)
-    ratio = sample_ratio(summary_a.requests, summary_b.requests, allocation=allocation, srm_alpha=srm_alpha)
+    ratio = sample_ratio(summary_a.users, summary_b.users, allocation=allocation, srm_alpha=srm_alpha)
     recommendation, reason = _recommend(summary_a, summary_b, metric=metric, comparison=comparison,
                                         guardrail_breached=guardrail_breached, ratio=ratio, alpha=alpha,
                                         min_samples=min_samples)
@@ -204,30 +213,36 @@ def _z_critical(alpha: float) -> float:
     return float(stats.norm.ppf(1 - alpha / 2))
 
 
-def sample_ratio(a_count: int, b_count: int, *, allocation: int, srm_alpha: float) -> SampleRatio:
-    """Chi-square test of the observed split of requests against the allocation."""
+def sample_ratio(a_users: int, b_users: int, *, allocation: int, srm_alpha: float) -> SampleRatio:
+    """Chi-square test of the observed split of distinct users against the allocation.
+
+    Users, not requests: assignment is per user, so users are the independent draws the test
+    assumes. Requests are clustered by user, and counted one by one they overstate the evidence
+    about as many times as a user sends requests.
+    """
     expected_b_share = allocation / 100
-    total = a_count + b_count
+    total = a_users + b_users
+    split = {"expected_b_share": expected_b_share, "a_users": a_users, "b_users": b_users}
     if total == 0:
-        return SampleRatio(expected_b_share=expected_b_share, observed_b_share=None, p_value=1.0, mismatch=False)
-    observed_b_share = b_count / total
+        return SampleRatio(**split, observed_b_share=None, p_value=1.0, mismatch=False)
+    observed_b_share = b_users / total
     if allocation in (0, 100):
-        # One arm should get nothing, and chisquare would divide by its zero expected count:
-        # any request in it is a mismatch beyond doubt.
-        strays = b_count if allocation == 0 else a_count
-        return SampleRatio(expected_b_share=expected_b_share, observed_b_share=observed_b_share,
-                           p_value=0.0 if strays else 1.0, mismatch=strays > 0)
+        # One arm should get nobody, and chisquare would divide by its zero expected count:
+        # any user in it is a mismatch beyond doubt.
+        strays = b_users if allocation == 0 else a_users
+        return SampleRatio(**split, observed_b_share=observed_b_share, p_value=0.0 if strays else 1.0,
+                           mismatch=strays > 0)
     expected = [total * (100 - allocation) / 100, total * allocation / 100]
-    p_value = float(stats.chisquare([a_count, b_count], expected).pvalue)
-    return SampleRatio(expected_b_share=expected_b_share, observed_b_share=observed_b_share, p_value=p_value,
-                       mismatch=p_value < srm_alpha)
+    p_value = float(stats.chisquare([a_users, b_users], expected).pvalue)
+    return SampleRatio(**split, observed_b_share=observed_b_share, p_value=p_value, mismatch=p_value < srm_alpha)
 
 
 def _check_aligned(observations: Observations) -> None:
-    lengths = {len(observations.latency_ms), len(observations.completion_tokens), len(observations.error)}
+    lengths = {len(observations.latency_ms), len(observations.completion_tokens), len(observations.error),
+               len(observations.user_id)}
     if len(lengths) != 1:
-        raise ValueError(f"variant {observations.variant}: latency_ms, completion_tokens and error must have one "
-                         f"entry per request, got lengths {sorted(lengths)}")
+        raise ValueError(f"variant {observations.variant}: latency_ms, completion_tokens, error and user_id must "
+                         f"have one entry per request, got lengths {sorted(lengths)}")
 
 
 def _summarize(observations: Observations, values: np.ndarray) -> VariantSummary:
@@ -240,7 +255,8 @@ def _summarize(observations: Observations, values: np.ndarray) -> VariantSummary
         mean = float(values.mean())
         p50, p95 = (float(p) for p in np.percentile(values, [50, 95]))
     return VariantSummary(
-        variant=observations.variant, template_id=observations.template_id, requests=requests, errors=error_count,
+        variant=observations.variant, template_id=observations.template_id, requests=requests,
+        users=int(np.unique(np.asarray(observations.user_id)).size), errors=error_count,
         error_rate=error_count / requests if requests else 0.0, samples=int(values.size), mean=mean, p50=p50,
         p95=p95, mean_feedback=float(feedback.mean()) if feedback.size else None, feedback_count=int(feedback.size))
 
@@ -315,9 +331,9 @@ def _recommend(a: VariantSummary, b: VariantSummary, *, metric: str, comparison:
     level = f"{100 * (1 - alpha):g}%"
     if ratio.mismatch:
         return KEEP_RUNNING, (
-            f"Sample-ratio mismatch: B got {ratio.observed_b_share or 0.0:.1%} of the requests but should get "
-            f"{ratio.expected_b_share:.0%} ({_p(ratio.p_value)}); results cannot be trusted until the traffic "
-            f"split is fixed.")
+            f"Sample-ratio mismatch: B got {ratio.observed_b_share or 0.0:.1%} of the users "
+            f"({ratio.b_users:,} of {ratio.a_users + ratio.b_users:,}) but should get {ratio.expected_b_share:.0%} "
+            f"({_p(ratio.p_value)}); results cannot be trusted until the traffic split is fixed.")
     # Before the sample count: a B that fails nearly every request leaves too few successful ones to
     # compare latency or tokens, and must not keep running for that reason.
     if guardrail_breached:

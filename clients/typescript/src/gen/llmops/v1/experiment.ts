@@ -44,6 +44,12 @@ export interface VariantStats {
   samples: number;
   meanFeedback?: number | undefined;
   feedbackCount: number;
+  /**
+   * Distinct users whose requests this variant served: the unit of assignment,
+   * which the sample-ratio check counts (one user's requests all go to one
+   * variant).
+   */
+  users: number;
 }
 
 /**
@@ -95,12 +101,15 @@ export interface Significance {
   /** Whether the anytime-valid test finds a difference in the metric. */
   significant: boolean;
   /**
-   * Sample-ratio-mismatch check: chi-square p-value of the observed split
+   * Sample-ratio-mismatch check: chi-square p-value of the observed split of
+   * distinct users (VariantStats.users, not requests: assignment is per user)
    * against the allocation; a mismatch below p = 0.001.
    */
   srmPValue: number;
   sampleRatioMismatch: boolean;
+  /** The share of users the allocation sends to B (allocation / 100). */
   expectedBShare: number;
+  /** B's share of the distinct users seen so far; unset before any outcome. */
   observedBShare?: number | undefined;
   alpha: number;
   metric: Comparison | undefined;
@@ -247,6 +256,7 @@ function createBaseVariantStats(): VariantStats {
     samples: 0,
     meanFeedback: undefined,
     feedbackCount: 0,
+    users: 0,
   };
 }
 
@@ -284,6 +294,9 @@ export const VariantStats: MessageFns<VariantStats> = {
     }
     if (message.feedbackCount !== 0) {
       writer.uint32(88).int64(message.feedbackCount);
+    }
+    if (message.users !== 0) {
+      writer.uint32(96).int64(message.users);
     }
     return writer;
   },
@@ -389,6 +402,14 @@ export const VariantStats: MessageFns<VariantStats> = {
             message.feedbackCount = longToNumber(reader.int64());
             continue;
           }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.users = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -430,6 +451,7 @@ export const VariantStats: MessageFns<VariantStats> = {
         : isSet(object.feedback_count)
         ? globalThis.Number(object.feedback_count)
         : 0,
+      users: isSet(object.users) ? globalThis.Number(object.users) : 0,
     };
   },
 
@@ -468,6 +490,9 @@ export const VariantStats: MessageFns<VariantStats> = {
     if (message.feedbackCount !== 0) {
       obj.feedbackCount = Math.round(message.feedbackCount);
     }
+    if (message.users !== 0) {
+      obj.users = Math.round(message.users);
+    }
     return obj;
   },
 
@@ -487,6 +512,7 @@ export const VariantStats: MessageFns<VariantStats> = {
     message.samples = object.samples ?? 0;
     message.meanFeedback = object.meanFeedback ?? undefined;
     message.feedbackCount = object.feedbackCount ?? 0;
+    message.users = object.users ?? 0;
     return message;
   },
 };
