@@ -13,9 +13,10 @@ TS_GEN := clients/typescript/src/gen
 
 .PHONY: up test test-fast bench bench-quick proto lint breaking stubs clean install llama-check
 
-## up: install, generate, start every service and Envoy in the foreground (Ctrl-C stops all)
+## up: install, generate, start every service and Envoy in the foreground (Ctrl-C stops all);
+## every process's lines in var/log/, VERBOSE=1 shows them in the terminal too
 up: install llama-check proto
-	$(PY) deploy/scripts/run_local.py
+	$(PY) deploy/scripts/run_local.py $(if $(filter 1 true yes,$(VERBOSE)),--verbose)
 
 ## test: the whole suite: tests/unit, tests/service (in-process services on SQLite and PostgreSQL, Envoy
 ## in front of them) and tests/e2e (real Triton replicas, make up, the clients)

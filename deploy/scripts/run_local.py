@@ -2,10 +2,15 @@
 on the embedded defaults, supervised: a process that exits is restarted with
 backoff while the others keep serving (Triton replicas outlive a restart of the
 deployment service, the router serves from its route table). Ctrl-C (or
-SIGTERM) stops them all, replicas included."""
+SIGTERM) stops them all, replicas included.
+
+The terminal shows what a person acts on (process starts, exits and restarts, warnings,
+errors, rollouts) and the banner; every line of every process goes to its file under
+LLMOPS_LOG_DIR (var/log), and to the terminal too with --verbose (process_output.py)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import secrets
 import signal
@@ -22,6 +27,7 @@ sys.path.insert(0, str(ROOT / "services"))
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bundled_models import seed  # noqa: E402
+from process_output import ProcessOutput  # noqa: E402
 from shared import api  # noqa: E402
 from shared.gateway import render_envoy_config  # noqa: E402
 from shared.settings import get_settings  # noqa: E402
@@ -40,9 +46,14 @@ def _wait_port(port: int, timeout: float) -> bool:
     return False
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--verbose", action="store_true", help="every line of every process in the terminal too "
+                                                               "(LLMOPS_LOG_VERBOSE)")
+    args = parser.parse_args(argv)
     settings = get_settings()
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "services"), "PYTHONUNBUFFERED": "1"}
+    # JSON whatever LLMOPS_LOG_JSON says: the files keep it for grep and shippers, the terminal renders it.
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "services"), "PYTHONUNBUFFERED": "1", "LLMOPS_LOG_JSON": "true"}
     if settings.service_token is None:  # one for this run, known only to the processes started here
         env["LLMOPS_SERVICE_TOKEN"] = secrets.token_urlsafe(32)
     # Every component the protos name whose package exists (shared/api.py), and reflection for all.
@@ -52,25 +63,31 @@ def main() -> int:
         out_dir=Path(settings.serving_dir).parent / "gateway")  # var/gateway: beside this install's state
     commands = {name: [sys.executable, "-m", name] for name in services}
     # No hot restart: a restarted Envoy must not trip over the shared memory of the one that died.
+    # Its access log reaches envoy-access.log within a second, not the default 10 s.
     commands["envoy"] = [str(Path(sys.executable).parent / "envoy"), "-c", str(envoy_config),
-                         "--log-level", "warn", "--disable-hot-restart"]
+                         "--log-level", "warn", "--disable-hot-restart", "--file-flush-interval-msec", "1000"]
+    output = ProcessOutput(settings.log_dir, commands, access_logs={"envoy"}, verbose=args.verbose or
+                           settings.log_verbose, max_bytes=settings.log_file_max_bytes, terminal=sys.stdout)
     supervisor = Supervisor(commands, env=env, env_of=_metrics_ports(settings, services), cwd=str(ROOT),
-                            grace_s=settings.shutdown_grace_s + 5)
+                            grace_s=settings.shutdown_grace_s + 5, say=output.say, on_line=output.line)
     if settings.supervisor_metrics_port:
         try:
             start_http_server(settings.supervisor_metrics_port, addr="127.0.0.1")
         except OSError as exc:  # metrics are worth a warning, not a platform that does not start
-            print(f"supervisor: no /metrics on port {settings.supervisor_metrics_port}: {exc}", flush=True)
+            output.say(f"no /metrics on port {settings.supervisor_metrics_port}: {exc}")
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: supervisor.stop())
     supervisor.start()
-    threading.Thread(target=_announce, args=(settings, services), daemon=True).start()
+    threading.Thread(target=_announce, args=(settings, services, output), daemon=True).start()
     supervisor.run()
+    output.say("stopping every process")
     supervisor.shutdown()
     # Triton replicas outlive a deployment-service restart on purpose; not the platform's.
     if settings.serving_runtime == "local":
         from deployment.runtimes.local import stop_all
         stop_all(settings.serving_dir)
+    output.say("stopped")
+    output.close()
     return 0
 
 
@@ -84,20 +101,38 @@ def _metrics_ports(settings, services: dict[str, int]) -> dict[str, dict[str, st
     return {name: {"LLMOPS_METRICS_PORT": str(first + i)} for i, name in enumerate(services)}
 
 
-def _announce(settings, services: dict[str, int]) -> None:  # noqa: ANN001
+def _announce(settings, services: dict[str, int], output: ProcessOutput) -> None:  # noqa: ANN001
     if not (_wait_port(settings.gateway_port, 60) and all(_wait_port(p, 60) for p in services.values())):
-        print("the platform did not come up within 60s; see the lines above", flush=True)
+        output.say(f"the platform did not come up within 60s; see the lines above and {_shown(output.log_dir)}/")
         return
     base = f"http://localhost:{settings.gateway_port}/llm-ops/v1"
     try:
         models = "\n".join(f"  {m['name']:<24} {m['type']:<10} modelId {m['id']}" for m in seed(base))
     except (OSError, RuntimeError) as exc:
         models = f"  (could not seed the bundled models: {exc})"
-    print(f"\nLLM Ops platform is up: REST and gRPC on http://localhost:{settings.gateway_port}\n"
-          f"{_exposure(settings)}\n"
-          f"Bundled models, approved and ready to deploy:\n{models}\n"
-          f"Try: curl {base}/catalog/models -H 'X-User-Id: admin' -H 'X-User-Roles: admin'\n"
-          "Ctrl-C stops everything.\n", flush=True)
+    output.announce(f"\nLLM Ops platform is up: REST and gRPC on http://localhost:{settings.gateway_port}\n"
+                    f"{_exposure(settings)}\n"
+                    f"Bundled models, approved and ready to deploy:\n{models}\n"
+                    f"Try: curl {base}/catalog/models -H 'X-User-Id: admin' -H 'X-User-Roles: admin'\n"
+                    f"{_logs(output)}\n"
+                    "Ctrl-C stops everything.\n")
+
+
+def _logs(output: ProcessOutput) -> str:
+    where = _shown(output.log_dir)
+    files = f"Logs: {where}/<process>.log, every line of each process (Envoy's access log: {where}/envoy-access.log)"
+    if output.verbose:
+        return f"{files}; all of them here too (verbose)"
+    return (f"{files}\nHere: starts, exits and restarts, warnings, errors, rollouts; "
+            "`make up VERBOSE=1` shows every line")
+
+
+def _shown(path: Path) -> str:
+    """path as a person types it here: relative to the working directory when under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _exposure(settings) -> str:  # noqa: ANN001

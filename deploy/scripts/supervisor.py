@@ -69,12 +69,16 @@ class Child:
 class Supervisor:
     def __init__(self, commands: dict[str, list[str]], *, env: dict[str, str], cwd: str,
                  env_of: dict[str, dict[str, str]] | None = None, backoff: Backoff = Backoff(),
-                 grace_s: float = 10.0, say: Callable[[str], None] = lambda line: print(line, flush=True)) -> None:
-        """env is every child's environment; env_of[name] adds to it for one child."""
+                 grace_s: float = 10.0, say: Callable[[str], None] | None = None,
+                 on_line: Callable[[str, str, bytes], None] | None = None) -> None:
+        """env is every child's environment; env_of[name] adds to it for one child. say gets the supervisor's
+        own lines (a process started, exited, restarted); on_line(name, "stdout" or "stderr", line) every line
+        a child writes (default: onto stdout after its name)."""
         self._children = {name: Child(name, argv) for name, argv in commands.items()}
         self._env, self._cwd, self._backoff, self._grace = env, cwd, backoff, grace_s
         self._env_of = env_of or {}
-        self._say = say
+        self._say = say or (lambda line: print(f"supervisor: {line}", flush=True))
+        self._on_line = on_line or _prefixed(list(commands))
         self._stopping = threading.Event()
 
     @property
@@ -87,14 +91,17 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         env = {**self._env, **self._env_of.get(child.name, {})}
+        # Two pipes: a process's stdout may be something else than its log (Envoy's access log).
         child.popen = subprocess.Popen(die_with_parent(child.argv), cwd=self._cwd, env=env, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, process_group=0)
+                                       stderr=subprocess.PIPE, process_group=0)
         child.started_at, child.restart_at = time.monotonic(), None
         UP.labels(child.name).set(1)
-        color = COLORS[list(self._children).index(child.name) % len(COLORS)]
-        pump = threading.Thread(target=_pump, args=(child.name, color, child.popen.stdout), daemon=True)
-        pump.start()
-        child.pumps = [pump]
+        again = f", restart #{child.restarts}" if child.restarts else ""
+        self._say(f"{child.name} {'restarted' if child.restarts else 'started'} (pid {child.popen.pid}{again})")
+        child.pumps = [threading.Thread(target=_pump, args=(child.name, name, stream, self._on_line), daemon=True)
+                       for name, stream in (("stdout", child.popen.stdout), ("stderr", child.popen.stderr))]
+        for pump in child.pumps:
+            pump.start()
 
     def run(self, poll_s: float = 0.2) -> None:
         """Supervise until stop() is called (from a signal handler or another thread)."""
@@ -122,7 +129,7 @@ class Supervisor:
                                                                                            b.maximum_s)
             child.restart_at = now + child.delay_s
             UP.labels(child.name).set(0)
-            self._say(f"supervisor: {child.name} exited ({_describe(code)}) after {ran:.1f}s; "
+            self._say(f"{child.name} exited ({_describe(code)}) after {ran:.1f}s; "
                       f"restarting in {child.delay_s:.1f}s (restart #{child.restarts + 1})")
 
     def stop(self) -> None:
@@ -152,7 +159,21 @@ def _describe(code: int) -> str:
     return f"exit code {code}"
 
 
-def _pump(name: str, color: str, stream) -> None:  # noqa: ANN001
+def _pump(name: str, stream_name: str, stream, on_line: Callable[[str, str, bytes], None]) -> None:  # noqa: ANN001
     for line in iter(stream.readline, b""):
-        sys.stdout.write(f"{color}{name:>10}\033[0m | {line.decode(errors='replace')}")
-        sys.stdout.flush()
+        try:
+            on_line(name, stream_name, line)
+        except Exception as exc:  # noqa: BLE001 - a pump that stops leaves the child blocked on a full pipe
+            sys.stderr.write(f"{name}: a line was lost: {exc!r}\n")
+
+
+def _prefixed(names: list[str]) -> Callable[[str, str, bytes], None]:
+    """Every line onto stdout after the colored name of its process."""
+    lock = threading.Lock()
+
+    def write(name: str, _stream: str, line: bytes) -> None:
+        color = COLORS[names.index(name) % len(COLORS)]
+        with lock:
+            sys.stdout.write(f"{color}{name:>10}\033[0m | {line.decode(errors='replace')}")
+            sys.stdout.flush()
+    return write

@@ -114,7 +114,7 @@ class LeaseElector:
         while True:
             if await self.try_acquire_or_renew():
                 if not self.leading:
-                    log.info("leader.acquired", lease=self._name, identity=self.identity)
+                    log.info("leader.acquired", lease=self._name, identity=self.identity, notice=True)
                     await self._set_leading(True)
             elif self.leading and self._clock() - self._renewed_at >= self._timings.renew_deadline_s:
                 log.warning("leader.lost", lease=self._name, identity=self.identity)

@@ -161,6 +161,7 @@ class DeploymentService:
         config = ServingConfig(model=model, min_replicas=request.min_replicas, max_replicas=request.max_replicas,
                                cpu_target=request.cpu_target)
         endpoint = await asyncio.to_thread(self._create, actor, request, name, config)
+        _rollout_started(endpoint, RevisionReason.DEPLOY)
         self._wake(endpoint.id)
         self.publish(endpoint.id)
         return endpoint
@@ -169,6 +170,7 @@ class DeploymentService:
         model = await self._approved_model(change.model_id, actor) if change.model_id else None
         async with self._locks.hold(endpoint_id):
             endpoint = await asyncio.to_thread(self._append_revision, actor, endpoint_id, change, model)
+        _rollout_started(endpoint, RevisionReason.UPDATE)
         self._wake(endpoint_id)
         self.publish(endpoint_id)
         return endpoint
@@ -176,6 +178,7 @@ class DeploymentService:
     async def rollback(self, *, actor: Identity, endpoint_id: uuid.UUID) -> Endpoint:
         async with self._locks.hold(endpoint_id):
             endpoint = await asyncio.to_thread(self._rollback, actor, endpoint_id)
+        _rollout_started(endpoint, RevisionReason.ROLLBACK)
         self._wake(endpoint_id)
         self.publish(endpoint_id)
         return endpoint
@@ -185,6 +188,8 @@ class DeploymentService:
             endpoint = await asyncio.to_thread(self._delete, actor, endpoint_id)
         # Replicas stop before the answer, so "deleted" means nothing runs any more.
         await self._controllers.retire(endpoint_id)
+        log.info("endpoint deleted", endpoint=str(endpoint_id), name=endpoint.name,
+                 environment=str(endpoint.environment), notice=True)
         for gauge in (READY_REPLICAS, DESIRED_REPLICAS):  # once nothing reports on it any more
             gauge.remove(endpoint.name, endpoint.environment)
         self.events.publish(EndpointEvent("delete", str(endpoint_id)))
@@ -342,11 +347,19 @@ class DeploymentService:
                        applied_revision=row.applied_revision if applied is None else applied)
             if all(getattr(row, k) == v for k, v in new.items()):
                 return False
+            previous = row.status
             for key, value in new.items():
                 setattr(row, key, value)
             row.updated_at = utcnow()
             session.add(row)
-            return True
+            changed = {"endpoint": str(endpoint_id), "name": row.name, "environment": str(row.environment),
+                       "revision": row.revision, "status": str(row.status), "previous": str(previous)}
+        if changed["status"] != changed["previous"]:  # once committed: what a person running it follows
+            problem = changed["status"] in (EndpointStatus.FAILED, EndpointStatus.DEGRADED)
+            (log.warning if problem else log.info)(
+                "endpoint status changed", **changed, **({"reason": reason} if reason else {}),
+                ready_replicas=runtime.ready_replicas, desired_replicas=runtime.desired_replicas, notice=True)
+        return True
 
     # helpers -------------------------------------------------------------------------------------------------
 
@@ -358,3 +371,10 @@ class DeploymentService:
         model, status = await self._catalog.get_model(model_id, actor=actor)
         check_servable(model, approved=status == "approved", status=status)
         return model
+
+
+def _rollout_started(endpoint: Endpoint, reason: RevisionReason) -> None:
+    model = endpoint.config.model
+    log.info("rollout started", endpoint=str(endpoint.id), name=endpoint.name, environment=str(endpoint.environment),
+             revision=endpoint.revision, reason=str(reason), model=f"{model.name} {model.version}",
+             replicas=f"{endpoint.config.min_replicas}-{endpoint.config.max_replicas}", notice=True)

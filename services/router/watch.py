@@ -33,14 +33,22 @@ async def follow_watch(address: str, open_stream: Callable[[grpc.aio.Channel], A
                        apply: Callable[[Any], None], *, what: str) -> None:
     """Apply every event of open_stream(channel) forever, reconnecting with backoff."""
     backoff = 0.2
+    # A warning once per outage and its retries at info (a restart takes seconds, a retry comes each
+    # second); none before the first connection, while the service it follows is still starting.
+    state = "starting"  # then "up" (connected), "down" (lost)
     while True:
         channel = grpc.aio.insecure_channel(address, options=WATCH_CHANNEL_OPTIONS)
         try:
             async for event in open_stream(channel):
+                if state == "down":
+                    log.info(f"{what} watch resumed", notice=True)
+                state = "up"
                 apply(event)
                 backoff = 0.2
         except grpc.aio.AioRpcError as exc:
-            log.warning(f"{what} watch interrupted; serving from cache", code=exc.code().name, retry_in_s=backoff)
+            (log.warning if state == "up" else log.info)(f"{what} watch interrupted; serving from cache",
+                                                         code=exc.code().name, retry_in_s=backoff)
+            state = "down" if state == "up" else state
         except Exception:  # noqa: BLE001 - a watcher that dies leaves its cache stale forever
             log.exception(f"{what} watch failed; serving from cache", retry_in_s=backoff)
         finally:

@@ -1,4 +1,8 @@
-"""Structured logs and Prometheus metrics shared by every service."""
+"""Structured logs and Prometheus metrics shared by every service.
+
+A log line with `notice=True` is one a person running the platform follows as it happens
+(a rollout started, an endpoint's status changed), unlike a line per call: `make up` shows
+it in its terminal beside the warnings and errors, and leaves the rest to its log files."""
 
 from __future__ import annotations
 
@@ -22,20 +26,22 @@ LATENCY = Histogram(
 
 
 def configure_logging(*, level: str = "INFO", json: bool = True) -> None:
-    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper())
     renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    common = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
+              structlog.processors.TimeStamper(fmt="iso", utc=True)]
+    # Libraries' own logging (alembic's migrations, ...) in the same form on the same stream, so that
+    # every line has a level: the per-line cost of the standard library is theirs alone.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*common, structlog.stdlib.add_logger_name],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, renderer]))
+    logging.basicConfig(handlers=[handler], level=level.upper())
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*common, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         # Straight to stderr, not through the standard library's logging (a LogRecord, a handler
-        # and its lock per line): the services log a line per call. Libraries' own logging goes
-        # to the same stream through basicConfig above.
+        # and its lock per line): the services log a line per call.
         logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )

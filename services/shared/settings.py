@@ -148,6 +148,17 @@ class Settings(BaseSettings):
     environment: Literal["dev", "stg", "prod"] = Field(default="dev", description="Environment this gateway serves.")
     log_level: str = "INFO"
     log_json: bool = Field(default=True, description="JSON log lines (false: console format).")
+    log_dir: Path | None = Field(
+        default=None, description="`make up`: one log file per process, every line as written (the services' "
+                                  "JSON, Envoy's access log in envoy-access.log); unset: `log` beside serving_dir "
+                                  "(var/log).")
+    log_file_max_bytes: int = Field(
+        default=10_485_760, ge=0, description="`make up`: a log file that reaches this size becomes <name>.log.1 "
+                                              "(the one there is dropped), as the last run's does at start; "
+                                              "0: unbounded.")
+    log_verbose: bool = Field(
+        default=False, description="`make up`: every line of every process in the terminal too (each call, "
+                                   "Envoy's access log), not only starts, exits, warnings, errors and rollouts.")
     shutdown_grace_s: float = 5.0
     supervisor_metrics_port: int = Field(
         default=9190, description="`make up`: the supervisor's /metrics (restarts by process); 0 disables.")
@@ -185,6 +196,12 @@ class Settings(BaseSettings):
     def _gateway_listen_address(self) -> Settings:
         if not self.gateway_listen_address:
             self.gateway_listen_address = "127.0.0.1" if self.gateway_identity_mode == "trusted-headers" else "0.0.0.0"
+        return self
+
+    @model_validator(mode="after")
+    def _log_dir(self) -> Settings:
+        if self.log_dir is None:  # beside this install's state, so a run with its own serving_dir has its own logs
+            self.log_dir = Path(self.serving_dir).parent / "log"
         return self
 
     @field_validator("database_url")

@@ -316,7 +316,7 @@ class KubernetesRuntime:
                     raise RuntimeFailure(f"revision {spec.revision} of {name} failed: {state.reason}")
                 if rolled_out(deployment) and state.health == Health.HEALTHY:
                     log.info("kubernetes.rolled_out", endpoint_id=spec.endpoint_id, revision=spec.revision,
-                             ready=state.ready_replicas)
+                             ready=state.ready_replicas, notice=True)
                     return
             last = state.reason
             if time.monotonic() >= deadline:

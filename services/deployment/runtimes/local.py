@@ -356,7 +356,8 @@ class LocalRuntime:
                 (os.POSIX_SPAWN_DUP2, out.fileno(), 2)])
         replica = Replica(id=replica_id, revision=revision, pid=pid, repository=str(repository),
                           log_path=str(log_path), child=True, ps=psutil.Process(pid), **ports)
-        log.info("replica started", endpoint=endpoint_id, replica=replica_id, pid=pid, grpc_port=ports["grpc_port"])
+        log.info("replica started", endpoint=endpoint_id, replica=replica_id, pid=pid, grpc_port=ports["grpc_port"],
+                 notice=True)
         return replica
 
     async def _wait_ready(self, replicas: list[Replica]) -> None:
@@ -427,7 +428,8 @@ class LocalRuntime:
                 replica.ready = await _http_ready(replica.http_port)
                 state.replicas.append(replica)
                 adopted.add(replica.pid)
-        log.info("adopted replicas", endpoint=endpoint_id, adopted=len(adopted), recorded=len(data["replicas"]))
+        log.info("adopted replicas", endpoint=endpoint_id, adopted=len(adopted), recorded=len(data["replicas"]),
+                 notice=True)
         self._states[endpoint_id] = state
         return adopted
 
