@@ -68,7 +68,8 @@ async def start(settings: Settings, *, engine: Engine, runtime: ServingRuntime, 
     catalog = RegistryCatalog(settings.address_of("registry"), service_token=settings.service_token)
     elector = elector or make_elector(settings)
     service = DeploymentService(engine=engine, catalog=catalog, runtime=runtime,
-                                monitor_interval_s=settings.reconcile_interval_s, elector=elector)
+                                monitor_interval_s=settings.reconcile_interval_s, elector=elector,
+                                environments=settings.environments)
     await service.start()
     running = await start_server(
         service="deployment",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -27,7 +27,7 @@ from sqlmodel import Session
 from llmops.v1 import audit_pb2
 from shared import audit
 from shared.db import transaction
-from shared.errors import AlreadyExists, NotFound
+from shared.errors import AlreadyExists, InvalidArgument, NotFound
 from shared.identity import Identity
 from shared.timeutil import utcnow
 
@@ -73,8 +73,10 @@ class RoutedEndpoint:
 
 class DeploymentService:
     def __init__(self, *, engine: Engine, catalog: ModelCatalog, runtime: ServingRuntime,
-                 monitor_interval_s: float = 2.0, elector: LeaseElector | None = None) -> None:
+                 monitor_interval_s: float = 2.0, elector: LeaseElector | None = None,
+                 environments: Sequence[str] = tuple(Environment)) -> None:
         self._engine = engine
+        self._environments = tuple(environments)  # those the gateway and router serve: deploys go nowhere else
         self._catalog = catalog
         self._runtime = runtime
         self._locks = KeyedLocks()
@@ -155,6 +157,10 @@ class DeploymentService:
     # use cases -----------------------------------------------------------------------------------------------
 
     async def deploy(self, *, actor: Identity, request: DeployRequest) -> Endpoint:
+        if request.environment not in self._environments:  # it would be healthy, and nothing would route to it
+            raise InvalidArgument(f"environment {request.environment} is not served by this platform; it serves "
+                                  f"{', '.join(self._environments)} (LLMOPS_ENVIRONMENTS)",
+                                  reason="ENVIRONMENT_NOT_SERVED", param="environment")
         name = endpoint_name_from_route(request.route)
         check_bounds(request.min_replicas, request.max_replicas, request.cpu_target)
         model = await self._approved_model(request.model_id, actor)

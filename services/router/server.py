@@ -55,15 +55,15 @@ def outcome_sink(settings: Settings, port: int) -> OutcomeSink:
 
 async def start(settings: Settings, *, port: int | None = None) -> Router:
     port = settings.router_port if port is None else port
-    table, pool, experiments = RouteTable(), ReplicaPool(), ExperimentTable()
+    table = RouteTable(environments=tuple(settings.environments), default_environment=settings.environment)
+    pool, experiments = ReplicaPool(), ExperimentTable()
     pool.follow_table(table)
     limiter = RateLimiter(settings.rate_limit_per_minute, settings.redis_url)
     outcomes = outcome_sink(settings, port)
     outcomes.start()
     watchers = [
         asyncio.create_task(follow(table, address=settings.address_of("deployment"),
-                                   environment=settings.environment, service_token=settings.service_token),
-                            name="route-watch"),
+                                   service_token=settings.service_token), name="route-watch"),
         asyncio.create_task(follow_experiments(experiments, address=settings.address_of("experiment"),
                                                service_token=settings.service_token), name="experiment-watch"),
     ]

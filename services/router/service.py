@@ -115,14 +115,14 @@ class InferenceService:
     # generation ----------------------------------------------------------------------------------------------
 
     async def chat_stream(self, *, actor: Identity, name: str, messages: list[Message], sampling: SamplingRequest,
-                          variables: dict[str, Any] | None = None, buffered: bool = False) -> Answer:
+                          variables: dict[str, Any] | None = None, buffered: bool = False,
+                          environment: str | None = None) -> Answer:
         """Check and render now (errors before any chunk); the answer's chunks come as generated, or,
         buffered (a unary call), all at once at the end, so that a replica that fails mid-generation
         is retried on another, the client having seen nothing."""
-        route = await self._route(name, kinds=("chat", "completion"))
+        route = await self._route(name, environment, kinds=("chat", "completion"))
         messages = check_messages(messages)
-        await self._experiments.wait_synced()
-        assignment = self._experiments.assign(route.name, actor.user_id, "chat")
+        assignment = await self._assign(route, actor, "chat")
         template_variables = None
         if assignment is not None:  # the experiment's template is the system prompt
             template_variables = {
@@ -140,12 +140,12 @@ class InferenceService:
                                      buffered=buffered, assignment=assignment), assignment)
 
     async def complete_stream(self, *, actor: Identity, name: str, prompt: str, sampling: SamplingRequest,
-                              variables: dict[str, Any] | None = None, buffered: bool = False) -> Answer:
-        route = await self._route(name, kinds=("chat", "completion"))
+                              variables: dict[str, Any] | None = None, buffered: bool = False,
+                              environment: str | None = None) -> Answer:
+        route = await self._route(name, environment, kinds=("chat", "completion"))
         if not prompt.strip():
             raise InvalidArgument("prompt must not be empty", reason="EMPTY_INPUT", param="prompt")
-        await self._experiments.wait_synced()
-        assignment = self._experiments.assign(route.name, actor.user_id, "completion")
+        assignment = await self._assign(route, actor, "completion")
         if assignment is not None:  # the experiment's template wraps the prompt
             prompt = await render_prompt_template(assignment.template, {
                 **(variables or {}), "prompt": prompt, "user": actor.user_id, "endpoint": route.name})
@@ -155,6 +155,15 @@ class InferenceService:
         check_prompt_length(route, prompt, "prompt")
         return Answer(self._generate(actor, route, prompt, self._sampling(route, sampling), kind="completion",
                                      buffered=buffered, assignment=assignment), assignment)
+
+    async def _assign(self, route: Route, actor: Identity, kind: str) -> Assignment | None:
+        """The experiment that chooses this request's prompt, if any. Experiments name an endpoint of
+        the default environment (the experiment service looks endpoints up there): an endpoint of that
+        name in another environment is not part of one."""
+        if route.environment != self._table.default_environment:
+            return None
+        await self._experiments.wait_synced()
+        return self._experiments.assign(route.name, actor.user_id, kind)
 
     async def collect(self, answer: Answer, name: str) -> Generation:
         text, logprobs, last = [], [], Chunk("")
@@ -214,8 +223,9 @@ class InferenceService:
 
     # embeddings and health -----------------------------------------------------------------------------------
 
-    async def embed(self, *, actor: Identity, name: str, texts: list[str]) -> Embeddings:
-        route = await self._route(name, kinds=("embedding",))
+    async def embed(self, *, actor: Identity, name: str, texts: list[str],
+                    environment: str | None = None) -> Embeddings:
+        route = await self._route(name, environment, kinds=("embedding",))
         if not texts or any(not t.strip() for t in texts):
             raise InvalidArgument("input must be a non-empty string or a list of non-empty strings",
                                   reason="EMPTY_INPUT", param="input")
@@ -246,7 +256,7 @@ class InferenceService:
         if not isinstance(budget, int | float) or isinstance(budget, bool):  # none, or registered before the check
             budget = self._queue_budget
         while True:
-            replicas = (self._table.get(route.name) or route).replicas
+            replicas = (self._table.get(route.name, route.environment) or route).replicas
             address = self._pool.pick(replicas, tried, capacity=self._queue_limit, queue_budget=budget)
             if address is None:
                 if any(a not in tried for a in replicas):  # all the others are full: no waiting in line
@@ -310,8 +320,8 @@ class InferenceService:
                 error="" if code == "OK" else code, at=at,
                 **(experiment_fields(assignment) if assignment is not None and assignment.running else {})))
 
-    async def health(self, *, name: str) -> HealthReport:
-        route = await self._route(name, kinds=None)
+    async def health(self, *, name: str, environment: str | None = None) -> HealthReport:
+        route = await self._route(name, environment, kinds=None)
         if route.replicas and route.status == "healthy":
             status = "healthy"
         elif route.replicas:
@@ -320,12 +330,14 @@ class InferenceService:
             status = "unhealthy"
         return HealthReport(status=status, model_name=route.name, model_version=route.model_version)
 
-    async def served(self) -> list[Route]:
+    async def served(self, *, environment: str | None = None) -> list[Route]:
+        """The endpoints of one environment (the default when none is named)."""
+        environment = self._table.environment_of(environment)
         await self._synced()
-        return sorted(self._table.routes.values(), key=lambda r: r.name)
+        return self._table.of_environment(environment)
 
-    async def served_model(self, *, name: str) -> Route:
-        return await self._route(name, kinds=None)
+    async def served_model(self, *, name: str, environment: str | None = None) -> Route:
+        return await self._route(name, environment, kinds=None)
 
     # routes --------------------------------------------------------------------------------------------------
 
@@ -339,14 +351,16 @@ class InferenceService:
                 raise Unavailable("the route table is not loaded yet: the deployment service is unreachable",
                                   reason="ROUTES_NOT_LOADED") from exc
 
-    async def _route(self, name: str, *, kinds: tuple[str, ...] | None) -> Route:
+    async def _route(self, name: str, environment: str | None, *, kinds: tuple[str, ...] | None) -> Route:
+        """The route of endpoint name in environment (the gateway's, from the request's Host; else the default)."""
+        environment = self._table.environment_of(environment)
         if not name:
             raise InvalidArgument("the endpoint name is required (the path's {name} or the body's model)",
                                   reason="MISSING_ENDPOINT")
         await self._synced()
-        route = self._table.get(name)
+        route = self._table.get(name, environment)
         if route is None:
-            raise NotFound(f"no serving endpoint named {name!r} in this environment", reason="ENDPOINT_NOT_FOUND")
+            raise NotFound(f"no serving endpoint named {name!r} in {environment}", reason="ENDPOINT_NOT_FOUND")
         if kinds is not None and route.model_type not in kinds:
             raise InvalidArgument(f"endpoint {name} serves a {route.model_type} model; use the "
                                   f"{'embeddings' if route.model_type == 'embedding' else 'chat or completion'} API",

@@ -10,6 +10,7 @@ from google.protobuf import json_format, struct_pb2
 
 from llmops.v1 import inference_pb2 as pb
 from llmops.v1 import inference_pb2_grpc
+from shared.environments import ENVIRONMENT_KEY
 from shared.errors import STATUS_TABLE, DomainError, InvalidArgument
 from shared.identity import current_identity, current_request_id
 from shared.interceptors import add_response_metadata
@@ -25,6 +26,11 @@ from .service import Answer, Generation, InferenceService, choice_samplings, col
 
 def _name(request) -> str:  # noqa: ANN001
     return request.name or request.model
+
+
+def _environment(context) -> str | None:  # noqa: ANN001
+    """The environment the gateway named for this call, from its Host (shared/environments.py); None: the default."""
+    return next((value for key, value in context.invocation_metadata() or () if key == ENVIRONMENT_KEY), None)
 
 
 def _optional(request, field: str):  # noqa: ANN001, ANN202
@@ -87,21 +93,25 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(self, service: InferenceService) -> None:
         self._service = service
 
-    async def _chat_answers(self, request: pb.ChatRequest, *, buffered: bool = False) -> list[Answer]:
+    async def _chat_answers(self, request: pb.ChatRequest, context, *,  # noqa: ANN001
+                            buffered: bool = False) -> list[Answer]:
         messages, actor = [Message(m.role, m.content, m.name) for m in request.messages], current_identity()
         return [await self._service.chat_stream(actor=actor, name=_name(request), messages=messages,
-                                                sampling=sampling, variables=_variables(request), buffered=buffered)
+                                                sampling=sampling, variables=_variables(request), buffered=buffered,
+                                                environment=_environment(context))
                 for sampling in choice_samplings(_sampling(request), _optional(request, "n"))]
 
-    async def _completion_answers(self, request: pb.CompleteRequest, *, buffered: bool = False) -> list[Answer]:
+    async def _completion_answers(self, request: pb.CompleteRequest, context, *,  # noqa: ANN001
+                                  buffered: bool = False) -> list[Answer]:
         actor = current_identity()
         return [await self._service.complete_stream(actor=actor, name=_name(request), prompt=request.prompt,
                                                     sampling=sampling, variables=_variables(request),
-                                                    buffered=buffered)
+                                                    buffered=buffered, environment=_environment(context))
                 for sampling in choice_samplings(_sampling(request), _optional(request, "n"))]
 
     async def Chat(self, request: pb.ChatRequest, context) -> pb.ChatResponse:  # noqa: N802
-        gens = await collect_all(self._service, await self._chat_answers(request, buffered=True), _name(request))
+        gens = await collect_all(self._service, await self._chat_answers(request, context, buffered=True),
+                                 _name(request))
         first: Generation = gens[0]
         add_response_metadata(*_experiment_headers(first.experiment))
         return pb.ChatResponse(
@@ -114,7 +124,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def ChatStream(self, request: pb.ChatStreamRequest, context):  # noqa: N802
         inner = request.request
         stream_id, created, opened = f"chatcmpl-{current_request_id() or uuid.uuid4()}", int(time.time()), set()
-        answers = await self._chat_answers(inner)
+        answers = await self._chat_answers(inner, context)
         experiment, headers = _experiment(answers[0].experiment), _experiment_headers(answers[0].experiment)
         completion_tokens = finished = 0
         async for index, chunk in merge(answers):
@@ -136,7 +146,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 experiment=experiment)
 
     async def Complete(self, request: pb.CompleteRequest, context) -> pb.CompleteResponse:  # noqa: N802
-        gens = await collect_all(self._service, await self._completion_answers(request, buffered=True),
+        gens = await collect_all(self._service, await self._completion_answers(request, context, buffered=True),
                                  _name(request))
         first = gens[0]
         add_response_metadata(*_experiment_headers(first.experiment))
@@ -151,7 +161,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def CompleteStream(self, request: pb.CompleteStreamRequest, context):  # noqa: N802
         inner = request.request
         stream_id, created = f"cmpl-{current_request_id() or uuid.uuid4()}", int(time.time())
-        answers = await self._completion_answers(inner)
+        answers = await self._completion_answers(inner, context)
         experiment, headers = _experiment(answers[0].experiment), _experiment_headers(answers[0].experiment)
         completion_tokens = finished = 0
         async for index, chunk in merge(answers):
@@ -170,7 +180,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     async def Embed(self, request: pb.EmbedRequest, context) -> pb.EmbedResponse:  # noqa: N802
         texts = _texts(request.input) if request.HasField("input") else []
-        result = await self._service.embed(actor=current_identity(), name=_name(request), texts=texts)
+        result = await self._service.embed(actor=current_identity(), name=_name(request), texts=texts,
+                                           environment=_environment(context))
         return pb.EmbedResponse(
             object="list", model=result.model,
             data=[pb.Embedding(index=i, object="embedding", embedding=vector.tolist())
@@ -178,16 +189,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             usage=_usage(result.prompt_tokens, 0))
 
     async def Health(self, request: pb.HealthRequest, context) -> pb.HealthResponse:  # noqa: N802
-        report = await self._service.health(name=request.name)
+        report = await self._service.health(name=request.name, environment=_environment(context))
         return pb.HealthResponse(status=report.status, timestamp=to_timestamp(utcnow()),
                                  model=pb.HealthModel(name=report.model_name, version=report.model_version))
 
     async def ListServedModels(self, request, context) -> pb.ListServedModelsResponse:  # noqa: N802, ANN001
-        routes = await self._service.served()
+        routes = await self._service.served(environment=_environment(context))
         return pb.ListServedModelsResponse(object="list", data=[_served_model(r) for r in routes])
 
     async def GetServedModel(self, request: pb.GetServedModelRequest, context) -> pb.ServedModel:  # noqa: N802
-        return _served_model(await self._service.served_model(name=request.model))
+        return _served_model(await self._service.served_model(name=request.model, environment=_environment(context)))
 
 
 # OpenAI's /v1 ------------------------------------------------------------------------------------------------
@@ -218,30 +229,34 @@ class OpenAIServicer(inference_pb2_grpc.OpenAIServiceServicer):
     def __init__(self, service: InferenceService) -> None:
         self._service = service
 
-    async def _chat(self, request, *, buffered: bool) -> tuple[oai.ChatCompletionBody, list[Answer]]:  # noqa: ANN001
+    async def _chat(self, request, context, *,  # noqa: ANN001
+                    buffered: bool) -> tuple[oai.ChatCompletionBody, list[Answer]]:
         body = oai.parse(oai.ChatCompletionBody, request.body.data)
         if buffered:
             _unary(body)
         body.refusals()
         messages, actor = body.chat_messages(), current_identity()
         answers = [await self._service.chat_stream(actor=actor, name=body.model, messages=messages, sampling=sampling,
-                                                   variables=body.variables, buffered=buffered)
+                                                   variables=body.variables, buffered=buffered,
+                                                   environment=_environment(context))
                    for sampling in choice_samplings(body.sampling(), body.n)]
         return body, answers
 
-    async def _completion(self, request, *, buffered: bool) -> tuple[oai.CompletionBody, list[Answer]]:  # noqa: ANN001
+    async def _completion(self, request, context, *,  # noqa: ANN001
+                          buffered: bool) -> tuple[oai.CompletionBody, list[Answer]]:
         body = oai.parse(oai.CompletionBody, request.body.data)
         if buffered:
             _unary(body)
         body.refusals()
         prompt, actor = body.prompt_text(), current_identity()
         answers = [await self._service.complete_stream(actor=actor, name=body.model, prompt=prompt, sampling=sampling,
-                                                       variables=body.variables, buffered=buffered)
+                                                       variables=body.variables, buffered=buffered,
+                                                       environment=_environment(context))
                    for sampling in choice_samplings(body.sampling(), body.n)]
         return body, answers
 
     async def CreateChatCompletion(self, request, context) -> httpbody_pb2.HttpBody:  # noqa: N802, ANN001
-        body, answers = await self._chat(request, buffered=True)
+        body, answers = await self._chat(request, context, buffered=True)
         gens = await collect_all(self._service, answers, body.model)
         add_response_metadata(*_experiment_headers(gens[0].experiment))
         choices = [oai.chat_message_choice(i, gen.text, gen.finish_reason,
@@ -250,7 +265,7 @@ class OpenAIServicer(inference_pb2_grpc.OpenAIServiceServicer):
         return _json(oai.completion_object("chat.completion", gens, choices))
 
     async def CreateCompletion(self, request, context) -> httpbody_pb2.HttpBody:  # noqa: N802, ANN001
-        body, answers = await self._completion(request, buffered=True)
+        body, answers = await self._completion(request, context, buffered=True)
         gens = await collect_all(self._service, answers, body.model)
         add_response_metadata(*_experiment_headers(gens[0].experiment))
         echo = body.prompt_text() if body.echo else ""
@@ -261,7 +276,7 @@ class OpenAIServicer(inference_pb2_grpc.OpenAIServiceServicer):
         return _json(oai.completion_object("text_completion", gens, choices))
 
     async def StreamChatCompletion(self, request, context):  # noqa: N802, ANN001, ANN201
-        body, answers = await self._chat(request, buffered=False)
+        body, answers = await self._chat(request, context, buffered=False)
         writer = oai.ChunkWriter(id=f"chatcmpl-{current_request_id() or uuid.uuid4()}", created=int(time.time()),
                                  model=body.model, object="chat.completion.chunk",
                                  include_usage=body.include_usage())
@@ -280,7 +295,7 @@ class OpenAIServicer(inference_pb2_grpc.OpenAIServiceServicer):
             yield event
 
     async def StreamCompletion(self, request, context):  # noqa: N802, ANN001, ANN201
-        body, answers = await self._completion(request, buffered=False)
+        body, answers = await self._completion(request, context, buffered=False)
         writer = oai.ChunkWriter(id=f"cmpl-{current_request_id() or uuid.uuid4()}", created=int(time.time()),
                                  model=body.model, object="text_completion",
                                  include_usage=body.include_usage())
@@ -305,7 +320,8 @@ class OpenAIServicer(inference_pb2_grpc.OpenAIServiceServicer):
         body = oai.parse(oai.EmbeddingBody, request.body.data)
         body.refusals()
         texts = body.texts()
-        result = await self._service.embed(actor=current_identity(), name=body.model, texts=texts)
+        result = await self._service.embed(actor=current_identity(), name=body.model, texts=texts,
+                                           environment=_environment(context))
         return _json(oai.embeddings(model=result.model, vectors=result.vectors, prompt_tokens=result.prompt_tokens,
                                     encoding_format=body.encoding_format, dimensions=body.dimensions))
 

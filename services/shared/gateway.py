@@ -16,6 +16,7 @@ import grpc
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from . import api
+from .environments import ENVIRONMENT_KEY, environment_hosts
 from .errors import STATUS_TABLE
 from .settings import REPO_ROOT, Settings, get_settings
 
@@ -52,6 +53,8 @@ def render_envoy_config(
         stream_lua_path=str(_write(out_dir / "stream_route.lua", stream_route_lua())),
         openai_local_replies=openai_local_replies(),
         upstream_timeout_s=settings.gateway_upstream_timeout_s,
+        environment_hosts=environment_hosts(settings),
+        environment_header=ENVIRONMENT_KEY,
         clusters={name: {"host": host, "port": port} for name, (host, port) in clusters.items()},
         api_services=[s.full_name for s in api.services()],
         grpc_routes=[(f"/{s.full_name}/", api.component_of(s)) for s in api.services()],

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+EnvironmentName = Literal["dev", "stg", "prod"]
+ENVIRONMENT_NAMES: tuple[str, ...] = get_args(EnvironmentName)
 
 
 class Settings(BaseSettings):
@@ -145,7 +148,15 @@ class Settings(BaseSettings):
         default=REPO_ROOT / "var" / "router", description="Router: where experiment outcomes wait until the "
                                                           "experiment service (or Redis) has them; survives restarts.")
 
-    environment: Literal["dev", "stg", "prod"] = Field(default="dev", description="Environment this gateway serves.")
+    environments: list[EnvironmentName] = Field(
+        default_factory=lambda: list(ENVIRONMENT_NAMES), min_length=1,
+        description='The environments this platform serves (JSON, e.g. ["prod"]): the router holds the endpoints '
+                    'of each and the gateway picks one per request by its Host (prod.llm-ops.local is prod); a '
+                    'deploy to any other is refused (400).')
+    environment: EnvironmentName = Field(
+        default="dev", description="The default environment, one of environments: that of a request whose Host "
+                                   "names none (localhost, an IP address), and the one prompt experiments run "
+                                   "in. Unset: dev, or the first of environments when dev is not served.")
     log_level: str = "INFO"
     log_json: bool = Field(default=True, description="JSON log lines (false: console format).")
     log_dir: Path | None = Field(
@@ -178,6 +189,16 @@ class Settings(BaseSettings):
         if not self.leader_retry_period_s < self.leader_renew_deadline_s < self.leader_lease_duration_s:
             raise ValueError("leader election needs leader_retry_period_s < leader_renew_deadline_s < "
                              "leader_lease_duration_s")
+        return self
+
+    @model_validator(mode="after")
+    def _default_environment(self) -> Settings:
+        self.environments = list(dict.fromkeys(self.environments))  # each once, in the order given
+        if self.environment not in self.environments:
+            if "environment" in self.model_fields_set:
+                raise ValueError(f"environment {self.environment} is not one of environments "
+                                 f"({', '.join(self.environments)}): the default must be served")
+            self.environment = self.environments[0]
         return self
 
     @model_validator(mode="after")
