@@ -1,6 +1,6 @@
 """Triton replicas over KServe v2 gRPC: one persistent channel per replica,
 least-outstanding-requests balancing, a short cooldown for a replica that
-failed, and the tensor contract of ARCHITECTURE.md section 8 (the same for
+failed, and the tensor contract of docs/architecture.md section 8 (the same for
 llama.cpp and TensorRT-LLM).
 
 Requests are KServe's protobuf messages, built here with typed contents and read

@@ -11,7 +11,7 @@ import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 /**
  * Access declares, next to each RPC, who may call it and how the gateway
  * presents its success. The shared identity interceptor reads it from the
- * descriptor, so the table of ARCHITECTURE.md section 3 lives in one place.
+ * descriptor, so the table of docs/architecture.md section 3.1 lives in one place.
  */
 export interface Access {
   /**

@@ -27,7 +27,7 @@ export interface AuditRecord {
   roles: string;
   /** The method that made the change, e.g. "RollbackEndpoint". */
   action: string;
-  /** model | prompt_template | endpoint */
+  /** model | prompt_template | endpoint | experiment */
   resourceType: string;
   resourceId: string;
   /** The gateway's X-Request-Id of the call (its access log line has the same). */

@@ -102,7 +102,7 @@ export interface ChatRequest {
   frequencyPenalty?:
     | number
     | undefined;
-  /** Choices per request; only 1 is supported (anything else is a 400). */
+  /** Choices per request, 1 to 8, each a generation of its own (anything else is a 400). */
   n?: number | undefined;
   responseFormat: ResponseFormat | undefined;
 }
@@ -191,7 +191,7 @@ export interface CompleteRequest {
   frequencyPenalty?:
     | number
     | undefined;
-  /** Choices per request; only 1 is supported (anything else is a 400). */
+  /** Choices per request, 1 to 8, each a generation of its own (anything else is a 400). */
   n?: number | undefined;
   responseFormat: ResponseFormat | undefined;
 }
