@@ -39,6 +39,7 @@ import urllib3
 from kubernetes import client as k8s
 
 log = structlog.get_logger(__name__)
+RELEASE_ATTEMPTS = 3  # reads and writes of a release that meets a renewal still in flight
 
 
 class LeadershipListener(Protocol):
@@ -184,16 +185,20 @@ class LeaseElector:
         return True
 
     def _release(self) -> None:
-        """Clear the holder, so the next candidate need not wait for the lease to expire."""
+        """Clear the holder, so the next candidate need not wait for the lease to expire. A renewal that
+        close() cancelled may still be in flight in its worker thread and write first: the release then
+        meets a 409 on a stale resourceVersion, and reads the lease again."""
         try:
-            lease = self._read()
-            spec = (lease or {}).get("spec") or {}
-            if lease is None or spec.get("holderIdentity") != self.identity:
-                return
-            released = {**spec, "holderIdentity": "", "leaseDurationSeconds": 1,
-                        "renewTime": _micro_time(datetime.datetime.now(datetime.UTC))}
-            self._write(released, resource_version=lease["metadata"].get("resourceVersion"))
+            for _ in range(RELEASE_ATTEMPTS):
+                lease = self._read()
+                spec = (lease or {}).get("spec") or {}
+                if lease is None or spec.get("holderIdentity") != self.identity:
+                    return
+                released = {**spec, "holderIdentity": "", "leaseDurationSeconds": 1,
+                            "renewTime": _micro_time(datetime.datetime.now(datetime.UTC))}
+                if self._write(released, resource_version=lease["metadata"].get("resourceVersion")):
+                    log.info("leader.released", lease=self._name, identity=self.identity)
+                    return
+            log.warning("leader.release_failed", lease=self._name, error=f"{RELEASE_ATTEMPTS} conflicts")
         except (k8s.ApiException, urllib3.exceptions.HTTPError, OSError) as exc:  # it then expires on its own
             log.warning("leader.release_failed", lease=self._name, error=str(exc))
-        else:
-            log.info("leader.released", lease=self._name, identity=self.identity)

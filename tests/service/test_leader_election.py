@@ -145,6 +145,25 @@ def test_an_api_error_is_not_leadership(cluster, monkeypatch):
     assert cluster.stored("Lease", NAMESPACE, LEASE) is None
 
 
+def test_a_release_that_meets_a_renewal_still_in_flight_reads_again(cluster):
+    """close() cancels the loop, but not a renewal already in its worker thread: that renewal may write
+    between the release's read and its write, and the release's write meets a 409."""
+    a = elector(cluster, "deployment-a", Clock())
+    assert run(a.try_acquire_or_renew()) is True
+    write, renewed = a._write, []
+
+    def renewal_first(spec: dict[str, Any], *, resource_version: str | None) -> bool:
+        if not renewed:  # the in-flight renewal lands first, on the version the release read too
+            renewed.append(write(a._spec(datetime.datetime.now(datetime.UTC), previous=lease(cluster)["spec"]),
+                                 resource_version=resource_version))
+        return write(spec, resource_version=resource_version)
+
+    a._write = renewal_first
+    a._release()
+    assert renewed == [True]
+    assert lease(cluster)["spec"]["holderIdentity"] == ""
+
+
 def test_close_releases_the_lease_for_the_next_leader(cluster):
     timings = LeaseTimings(duration_s=15.0, renew_deadline_s=10.0, retry_period_s=0.02)
     clock_b = Clock()
