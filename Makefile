@@ -37,6 +37,13 @@ bench-quick: install llama-check proto $(VENV)/.bench-installed
 	$(PY) -m bench.peer
 	$(PY) -m bench --quick --out build/bench-quick
 
+## compose-check: docker-compose.yml for real: installs and starts Docker if missing, builds the images
+## (on bases built from Debian's packages where no registry gives the official ones), starts it beside
+## whatever runs here, passes the seed's section 8 workflow and a chat through its gateway, removes it all
+.PHONY: compose-check
+compose-check: $(VENV)/.installed
+	PY=$(PY) deploy/scripts/compose_check.sh
+
 install: $(VENV)/.installed node_modules/.installed
 
 $(VENV)/.bench-installed: $(VENV)/.installed

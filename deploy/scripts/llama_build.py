@@ -20,6 +20,7 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -35,10 +36,14 @@ CMAKE_ARGS = ("-DGGML_NATIVE=OFF -DGGML_CPU_ALL_VARIANTS=OFF -DGGML_SSE42=ON -DG
 BASELINE = "x86-64-v3"
 
 
-def wheel_dir(cmake_args: str = CMAKE_ARGS) -> Path:
-    """Where the wheel built with these flags lives: other flags, another directory, never this wheel."""
+def wheel_dir(cmake_args: str = CMAKE_ARGS, libc: tuple[str, str] | None = None) -> Path:
+    """Where the wheel built with these flags on this C library lives: other flags, another directory,
+    never this wheel. The C library is in the name because the wheel links the symbol versions of the
+    one it was built on: the services' image (Debian 12, glibc 2.36) takes the wheel from .cache/wheels
+    only when `make install` built it on the same (deploy/docker/Dockerfile)."""
+    name, version = libc or platform.libc_ver()
     key = hashlib.sha256(f"{VERSION} {cmake_args}".encode()).hexdigest()[:12]
-    return ROOT / ".cache" / "wheels" / f"llama-cpp-python-{VERSION}-{BASELINE}-{key}"
+    return ROOT / ".cache" / "wheels" / f"llama-cpp-python-{VERSION}-{BASELINE}-{name or 'libc'}{version}-{key}"
 
 
 WHEEL_DIR = wheel_dir()
