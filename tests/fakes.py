@@ -23,6 +23,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from deployment.runtimes.base import Health, ReplicaState, RuntimeFailure, RuntimeStatus, ServingSpec
 from llmops.v1 import deployment_pb2, deployment_pb2_grpc, experiment_pb2, experiment_pb2_grpc
+from router.experiments import ExperimentTable
 
 
 class FakeRuntime:
@@ -177,6 +178,13 @@ def routed(name: str, replicas: list[str], model_type: str = "chat") -> deployme
 def snapshot(*endpoints: deployment_pb2.RoutedEndpoint) -> deployment_pb2.WatchEndpointsResponse:
     return deployment_pb2.WatchEndpointsResponse(kind="snapshot", endpoints=list(endpoints))
 
+
+def no_experiments() -> ExperimentTable:
+    """The router's experiment table once an empty snapshot arrived: a request never waits for one (a
+    table without it holds each request up to SYNC_GRACE_S after the router starts)."""
+    table = ExperimentTable()
+    table.apply(experiment_pb2.WatchExperimentsResponse(kind="snapshot"))
+    return table
 
 class FakeExperiments(experiment_pb2_grpc.ExperimentServiceServicer):
     """WatchExperiments with no experiment running: the router serves every prompt as sent."""

@@ -363,9 +363,11 @@ class InferenceStack(LocalStack):
         self.loop_thread.run(self.router.running.stop(0))
         self.loop_thread.run(self.router.close())
 
-    def deploy_chat(self, name: str) -> dict:
-        """Another endpoint of the chat model, for a module that changes what its endpoint answers."""
-        ep = assert_envelope(deploy(self.gateway, deploy_body(self.chat["modelId"], name=name)), 200, "success")["data"]
+    def deploy_endpoint(self, name: str, model_id: str | None = None) -> dict:
+        """An endpoint of its own (of the chat model unless model_id says), for a module that changes what
+        its endpoint answers; ready once the router routes to it."""
+        body = deploy_body(model_id or self.chat["modelId"], name=name)
+        ep = assert_envelope(deploy(self.gateway, body), 200, "success")["data"]
         self.wait(ep["id"], "healthy")
         self._wait_route(name, present=True)
         return ep

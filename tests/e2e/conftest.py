@@ -4,7 +4,7 @@ The stack (a registry, the deployment service on the local runtime, the experime
 the router and Envoy, serving chat-model on SmolLM2 and embedding-model on e5) starts once per
 session, on SQLite files of its own: the router never touches a database, and what differs between
 SQLite and PostgreSQL is tested in tests/service. A module that changes the stack puts it back
-(or deploys an endpoint of its own with `infer.deploy_chat`)."""
+(or deploys an endpoint of its own with `infer.deploy_endpoint`)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
-"""A/B experiments on live traffic through the real gateway, router and Triton replica
-(SmolLM2): sticky assignment by user, the chosen template as the system prompt, the
-experiment in the response (and in headers on /v1), outcomes counted exactly once across
-an experiment-service outage and a router restart, feedback, and the winner for everyone
-after conclusion."""
+"""A/B experiments on live traffic through the real gateway, router and a Triton replica: sticky
+assignment by user, the chosen template as the system prompt, the experiment in the response (and
+in headers on /v1), outcomes counted exactly once across an experiment-service outage and a router
+restart, feedback, and the winner for everyone after conclusion. The replica runs the echo model (a
+word is a token, answered at once): what is under test is the platform around the model, and 400
+requests of one llama.cpp replica took minutes."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 import requests
 from scipy.stats import chisquare
 
-from ..helpers import ADMIN, RESEARCHER, assert_envelope, unique
+from ..helpers import ADMIN, RESEARCHER, approved_model, assert_envelope, unique
 
 SHORT = "Be brief."
 # Much longer than SHORT: a request that got B shows it in usage.prompt_tokens.
@@ -69,7 +70,9 @@ def wait_router_sees(infer, experiment_id: str, status: str) -> None:
 
 @pytest.fixture(scope="module")
 def running(infer) -> Iterator[dict]:
-    endpoint = infer.deploy_chat(AB)
+    echo = approved_model(infer.gateway, name=unique("ab-echo"), runtime="echo", artifactUri="builtin://echo",
+                          metadata={"context_length": 2048})  # the platform's chat template
+    endpoint = infer.deploy_endpoint(AB, echo["id"])
     a, b = template(infer, SHORT), template(infer, LONG)
     r = requests.post(f"{infer.gateway.api}/prompts/experiments", headers=RESEARCHER,
                       json={"templateAId": a["id"], "templateBId": b["id"], "allocation": 50, "metric": "latency_ms"})

@@ -29,7 +29,7 @@ from shared.identity import Identity
 from shared.settings import Settings
 
 from ..fakes import EMBEDDING_DIM as DIM
-from ..fakes import FakeDeployment, FakeTriton, routed, snapshot
+from ..fakes import FakeDeployment, FakeTriton, no_experiments, routed, snapshot
 from ..helpers import LoopThread, free_port, identity
 
 ALICE = Identity("alice", frozenset({"researcher"}))
@@ -78,7 +78,8 @@ def inference(pool: ReplicaPool, *endpoints: deployment_pb2.RoutedEndpoint, time
     table.apply(snapshot(*endpoints))
     outcomes = RecordedOutcomes()
     service = InferenceService(table=table, pool=pool, limiter=RateLimiter(0), outcomes=outcomes,
-                               timeout_s=timeout_s, max_output_tokens=64, queue_limit=queue_limit)
+                               timeout_s=timeout_s, max_output_tokens=64, queue_limit=queue_limit,
+                               experiments=no_experiments())
     return service, table, outcomes
 
 
@@ -445,7 +446,8 @@ def test_a_standing_queue_beyond_the_budget_is_shed_and_a_models_budget_replaces
         pool.follow_table(table)
         table.apply(snapshot(routed("chat-model", [address]), patient, legacy))
         service = InferenceService(table=table, pool=pool, limiter=RateLimiter(0), outcomes=RecordedOutcomes(),
-                                   timeout_s=30, max_output_tokens=64, queue_budget=1)
+                                   timeout_s=30, max_output_tokens=64, queue_budget=1,
+                                   experiments=no_experiments())
         admission = pool.admission  # what two earlier requests taught it: S = 1 s, I = 1 s
         admission.started(address, in_flight=0, now=0.0)
         admission.started(address, in_flight=1, now=0.0)

@@ -67,7 +67,7 @@ def assert_all_finite(value: object, path: str = "analysis") -> None:
 
 # --- The A/A simulation -----------------------------------------------------------------------
 
-SIMULATIONS = 500
+SIMULATIONS = 200
 OBSERVATIONS = 1_000  # per simulated experiment, split 50/50 at random
 CHECK_EVERY = 20
 
