@@ -30,7 +30,7 @@ from functools import lru_cache
 import numpy as np
 from gbstats.frequentist.tests import SequentialConfig, SequentialTwoSidedTTest
 from gbstats.models.statistics import ProportionStatistic, SampleMeanStatistic
-from scipy import stats
+from scipy import special, stats
 
 METRICS: dict[str, str] = {  # metric -> which direction is better
     "latency_ms": "lower",
@@ -232,8 +232,11 @@ def sample_ratio(a_users: int, b_users: int, *, allocation: int, srm_alpha: floa
         strays = b_users if allocation == 0 else a_users
         return SampleRatio(**split, observed_b_share=observed_b_share, p_value=0.0 if strays else 1.0,
                            mismatch=strays > 0)
-    expected = [total * (100 - allocation) / 100, total * allocation / 100]
-    p_value = float(stats.chisquare([a_users, b_users], expected).pvalue)
+    expected = (total * (100 - allocation) / 100, total * allocation / 100)
+    chi2 = sum((observed - e) ** 2 / e for observed, e in zip((a_users, b_users), expected))
+    # stats.chisquare's p-value for two cells (one degree of freedom), without its wrapper's cost (a
+    # third of an analysis: the experiment page computes one per look).
+    p_value = float(special.chdtrc(1, chi2))
     return SampleRatio(**split, observed_b_share=observed_b_share, p_value=p_value, mismatch=p_value < srm_alpha)
 
 
