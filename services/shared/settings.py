@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     triton_ready_timeout_s: float = Field(default=300.0, description="How long a new replica may take to be ready.")
     reconcile_interval_s: float = Field(default=2.0, description="Local runtime: health check and autoscale period.")
     drain_s: float = Field(default=2.0, description="Blue/green: how long old replicas keep serving after the switch.")
+    replica_stop_timeout_s: float = Field(
+        default=30.0, gt=0, description="Local runtime: how long a stopped replica may take to finish what it is "
+                                        "doing (SIGTERM) before what is left of it is killed (SIGKILL).")
     scale_down_window_s: float = Field(default=60.0,
                                        description="Local autoscaler: a lower replica count must hold this long.")
     kubernetes_namespace: str = Field(default="default", description="Namespace of endpoints without an override.")

@@ -44,6 +44,8 @@ def stack(settings: Settings, registry, loop_thread: LoopThread, own_database: s
         "database_url": Settings(database_url=own_database, _env_file=None).database_url,
         "serving_dir": tmp_path_factory.mktemp("serving"), "registry_port": split_address(registry.address)[1],
         "reconcile_interval_s": 0.5, "drain_s": 1.0, "triton_ready_timeout_s": 120,
+        # A stub busy in a long call ignores SIGTERM: killed after 3 s here, not the 30 s a user gets.
+        "replica_stop_timeout_s": 3.0,
         "local_artifact_roots": [bundled_gguf().parent]})  # the one directory file:// artifacts may come from
     s = LocalStack(local, loop_thread, registry.address)
     s.start()

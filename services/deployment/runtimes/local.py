@@ -378,13 +378,13 @@ class LocalRuntime:
             if pending:
                 await asyncio.sleep(0.25)
 
-    async def _stop(self, replica: Replica, *, grace_s: float = STOP_TIMEOUT_S) -> None:
+    async def _stop(self, replica: Replica, *, grace_s: float | None = None) -> None:
         """SIGTERM the replica's process group (tritonserver drains in-flight requests), then
         SIGKILL whatever of the group is left after the grace period: stubs busy in a long
         request ignore SIGTERM and would outlive their tritonserver."""
         replica.ready = False
         if _signal_group(replica.pid, signal.SIGTERM):
-            deadline = time.monotonic() + grace_s
+            deadline = time.monotonic() + (self._settings.replica_stop_timeout_s if grace_s is None else grace_s)
             while replica.alive() and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
             _signal_group(replica.pid, signal.SIGKILL)
