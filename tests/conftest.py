@@ -35,12 +35,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("database_url", databases, indirect=True, scope="session")
 
 
+@pytest.hookimpl(trylast=True)  # after pytest grouped the tests by database
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test with its layer, the folder it lives in."""
+    """Mark each test with its layer, the folder it lives in, and run the layers in order: unit,
+    service, e2e. The grouping by database alone interleaves them, and then the e2e stacks (idle
+    Triton replicas) stay up while unit and service tests run."""
     for item in items:
         layer = item.path.parent.name
         assert layer in LAYERS, f"{item.nodeid}: a test lives in one of tests/{{{','.join(LAYERS)}}}"
         item.add_marker(layer)
+    items.sort(key=lambda item: LAYERS.index(item.path.parent.name))  # stable: each layer keeps its grouping
 
 
 @pytest.fixture(scope="session")

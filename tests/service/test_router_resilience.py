@@ -252,7 +252,7 @@ def test_clients_of_replicas_that_left_the_route_table_close_once_idle(loop_thre
 # 4. a replica whose model died ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("failure", ["model_died", "refused"])
-def test_chat_is_retried_on_another_replica_when_one_failed_before_the_firsttoken_response(loop_thread, serve, failure):
+def test_chat_is_retried_on_another_replica_when_one_failed_before_the_first_token(loop_thread, serve, failure):
     async def scenario() -> None:
         if failure == "refused":
             failing, broken = None, f"127.0.0.1:{free_port()}"  # nothing listens there
