@@ -196,7 +196,7 @@ def compare_proportions(a_events: int, a_n: int, b_events: int, b_n: int, *, mea
     pooled = (a_events + b_events) / (a_n + b_n)
     null_se = math.sqrt(pooled * (1 - pooled) * (1 / a_n + 1 / b_n))
     se = math.sqrt(rate_a * (1 - rate_a) / a_n + rate_b * (1 - rate_b) / b_n)
-    p_value = float(2 * stats.norm.sf(abs(difference) / null_se)) if null_se > 0 else None
+    p_value = float(2 * special.ndtr(-abs(difference) / null_se)) if null_se > 0 else None
     if se > 0:
         half_width = _z_critical(alpha) * se
         fixed = (p_value, difference - half_width, difference + half_width)
@@ -277,13 +277,14 @@ def _welch_t(n_a: int, mean_a: float, variance_a: float, n_b: int, mean_b: float
     check it), from each arm's moments: ttest_ind costs half a millisecond a call, which the A/A
     simulation's 25,000 analyses feel, and warns about precision loss on a constant arm.
     """
-    result = stats.ttest_ind_from_stats(mean_b, math.sqrt(variance_b), n_b, mean_a, math.sqrt(variance_a), n_a,
-                                        equal_var=False)
     per_a, per_b = variance_a / n_a, variance_b / n_b
     welch_satterthwaite_dof = (per_a + per_b) ** 2 / (per_a ** 2 / (n_a - 1) + per_b ** 2 / (n_b - 1))
-    half_width = float(stats.t.ppf(1 - alpha / 2, welch_satterthwaite_dof)) * math.sqrt(per_a + per_b)
-    difference = mean_b - mean_a
-    return float(result.pvalue), difference - half_width, difference + half_width
+    se, difference = math.sqrt(per_a + per_b), mean_b - mean_a
+    # Student's t distribution through scipy.special, as stats.t computes it, without the per-call cost of
+    # stats' distribution objects (a tenth of a millisecond each, on every look at the experiment page).
+    p_value = float(2 * special.stdtr(welch_satterthwaite_dof, -abs(difference) / se))
+    half_width = float(special.stdtrit(welch_satterthwaite_dof, 1 - alpha / 2)) * se
+    return p_value, difference - half_width, difference + half_width
 
 
 def _sample_mean(n: int, mean: float, variance: float) -> SampleMeanStatistic:
