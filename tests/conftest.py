@@ -82,8 +82,8 @@ class ServiceHandle:
             return conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
 
 
-@pytest.fixture(scope="session")
-def registry(settings: Settings, loop_thread: LoopThread) -> Iterator[ServiceHandle]:
+def serve_registry(settings: Settings, loop_thread: LoopThread) -> Iterator[ServiceHandle]:
+    """The registry on its database, in the loop thread, until the generator closes (`yield from`)."""
     from registry.server import prepare_database, start
 
     engine = prepare_database(settings)
@@ -93,6 +93,11 @@ def registry(settings: Settings, loop_thread: LoopThread) -> Iterator[ServiceHan
     handle.channel.close()
     loop_thread.run(running.stop(0))
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def registry(settings: Settings, loop_thread: LoopThread) -> Iterator[ServiceHandle]:
+    yield from serve_registry(settings, loop_thread)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -142,6 +142,16 @@ def make_up(root: Path, ports: dict[str, int], env: dict[str, str], wait_s: floa
         launcher.wait(60)
 
 
+def wait_for(what: str, found: Callable[[], Any], timeout_s: float = 180) -> Any:
+    """found()'s first truthy answer, polled; fails naming what never happened. A bound on waiting for
+    something expected (a restart, a log line), not a speed assertion."""
+    deadline = time.monotonic() + timeout_s
+    while not (result := found()):
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.2)
+    return result
+
+
 def free_port_run(count: int) -> int:
     """The first of `count` consecutive free ports."""
     while True:
@@ -238,6 +248,13 @@ def approved_model(gateway, **overrides) -> dict:
     r = requests.patch(f"{gateway.api}/catalog/models/{model['id']}/status", json={"status": "approved"},
                        headers=REVIEWER)
     return assert_envelope(r, 200, "success")["data"]
+
+
+def approved_echo_model(gateway, **overrides) -> str:
+    """The id of an approved model of the echo runtime (a Triton Python model: the prompt's words come
+    back, a word a token), on the platform's own chat template."""
+    return approved_model(gateway, name=unique("echo"), runtime="echo", artifactUri="builtin://echo",
+                          metadata={}, **overrides)["id"]
 
 
 def deploy_body(model_id: str, name: str | None = None, **overrides) -> dict:
@@ -437,3 +454,22 @@ def one_line_error(result: subprocess.CompletedProcess, code: int = 1) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     return lines[0]
+
+
+# ------------------------------------------------------------------ OpenAI's /v1
+
+OPENAI_HEADERS = {"X-User-Id": "sdk-user", "X-User-Roles": "researcher"}
+
+
+def openai_post(gateway, path: str, body: dict) -> requests.Response:
+    return requests.post(f"{gateway.url}{path}", json=body, headers=OPENAI_HEADERS, timeout=120)
+
+
+def assert_refused(response: requests.Response, param: str, status: int = 400) -> dict:
+    """OpenAI's error shape naming the parameter, and nothing of the platform's own headers."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["param"], error["type"]) == (param, "invalid_request_error"), error
+    assert "x-llmops-param" not in response.headers
+    return error

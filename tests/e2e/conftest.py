@@ -15,7 +15,7 @@ import pytest
 
 from shared.settings import Settings
 
-from ..conftest import ServiceHandle
+from ..conftest import ServiceHandle, serve_registry
 from ..helpers import (
     CHATML, SERVICE_TOKEN, InferenceStack, LoopThread, approved_model, assert_envelope, deploy, deploy_body, free_port,
     postgres_database, split_address, start_envoy, unique,
@@ -32,15 +32,7 @@ def e2e_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 @pytest.fixture(scope="session")
 def e2e_registry(e2e_settings: Settings, loop_thread: LoopThread) -> Iterator[ServiceHandle]:
-    from registry.server import prepare_database, start
-
-    engine = prepare_database(e2e_settings)
-    running = loop_thread.run(start(e2e_settings, engine=engine, port=0))
-    handle = ServiceHandle(f"127.0.0.1:{running.port}", engine)
-    yield handle
-    handle.channel.close()
-    loop_thread.run(running.stop(0))
-    engine.dispose()
+    yield from serve_registry(e2e_settings, loop_thread)
 
 
 @pytest.fixture(scope="session")

@@ -18,11 +18,8 @@ import requests
 
 from llmops.v1 import inference_pb2, inference_pb2_grpc
 
-from ..helpers import make_up, make_up_ports
+from ..helpers import ADMIN, approved_echo_model, make_up, make_up_ports
 
-ADMIN = {"X-User-Id": "admin", "X-User-Roles": "admin"}
-RESEARCHER = {"X-User-Id": "rita", "X-User-Roles": "researcher"}
-REVIEWER = {"X-User-Id": "victor", "X-User-Roles": "reviewer"}
 USER = {"X-User-Id": "env-user", "Content-Type": "application/json"}
 WAIT_S = 180  # for things that are expected to happen (the platform up, a replica ready), not a speed bound
 NAME = "echo-env"
@@ -54,16 +51,6 @@ def platform(tmp_path_factory) -> Iterator[Platform]:
         yield Platform(ports["GATEWAY"])
 
 
-def echo_model(platform: Platform) -> str:
-    body = {"name": f"echo-env-{time.monotonic_ns()}", "version": "1", "type": "chat", "runtime": "echo",
-            "artifactUri": "builtin://echo", "ownerTeam": "environments", "status": "pending_review"}
-    r = requests.post(f"{platform.api}/catalog/models", json=body, headers=RESEARCHER, timeout=30)
-    assert r.status_code == 200, r.text
-    model_id = r.json()["data"]["id"]
-    r = requests.patch(f"{platform.api}/catalog/models/{model_id}/status", json={"status": "approved"},
-                       headers=REVIEWER, timeout=30)
-    assert r.status_code == 200, r.text
-    return model_id
 
 
 def deploy(platform: Platform, model_id: str, environment: str) -> requests.Response:
@@ -74,7 +61,7 @@ def deploy(platform: Platform, model_id: str, environment: str) -> requests.Resp
 
 @pytest.fixture(scope="module")
 def prod_endpoint(platform: Platform) -> dict:
-    r = deploy(platform, echo_model(platform), "prod")
+    r = deploy(platform, approved_echo_model(platform), "prod")
     assert r.status_code == 200, r.text
     endpoint_id = r.json()["data"]["id"]
     deadline = time.monotonic() + WAIT_S
@@ -154,7 +141,7 @@ def test_native_grpc_reaches_prod_by_the_authority(platform, prod_endpoint):
 
 
 def test_a_deploy_to_an_environment_nothing_serves_is_refused(platform):
-    r = deploy(platform, echo_model(platform), "stg")
+    r = deploy(platform, approved_echo_model(platform), "stg")
     assert r.status_code == 400, r.text
     message = r.json()["message"]
     assert "environment stg is not served" in message and "dev, prod" in message, message

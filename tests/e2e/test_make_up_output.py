@@ -9,7 +9,7 @@ import re
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import requests
 
 from shared import api
 
-from ..helpers import ADMIN, REPO_ROOT, RESEARCHER, REVIEWER, make_up, make_up_ports
+from ..helpers import ADMIN, REPO_ROOT, approved_echo_model, make_up, make_up_ports, wait_for
 
 WAIT_S = 180  # for things that are expected to happen (a restart, a rollout), not a speed bound
 PROCESSES = [*(c.name for c in api.components()), "reflection", "envoy"]  # what `make up` starts
@@ -51,12 +51,6 @@ class Platform:
         return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
 
 
-def wait_for(what: str, found: Callable[[], object]) -> object:
-    deadline = time.monotonic() + WAIT_S
-    while not (result := found()):
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.2)
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -122,21 +116,11 @@ def test_a_killed_service_shows_one_exit_line_and_one_restart_line(platform):
     assert psutil.pid_exists(int(restarted[0][1]))
 
 
-def echo_model(platform: Platform) -> str:
-    body = {"name": f"echo-{uuid.uuid4().hex[:8]}", "version": "1", "type": "chat", "runtime": "echo",
-            "artifactUri": "builtin://echo", "ownerTeam": "up-output", "status": "pending_review"}
-    r = requests.post(f"{platform.api}/catalog/models", json=body, headers=RESEARCHER, timeout=30)
-    assert r.status_code == 200, r.text
-    model_id = r.json()["data"]["id"]
-    r = requests.patch(f"{platform.api}/catalog/models/{model_id}/status", json={"status": "approved"},
-                       headers=REVIEWER, timeout=30)
-    assert r.status_code == 200, r.text
-    return model_id
 
 
 def test_a_rollout_and_a_rollback_show_their_progress_and_result(platform):
     name = f"echo-{uuid.uuid4().hex[:8]}"
-    body = {"modelId": echo_model(platform), "environment": "dev", "route": f"/llm-ops/v1/serve/{name}",
+    body = {"modelId": approved_echo_model(platform), "environment": "dev", "route": f"/llm-ops/v1/serve/{name}",
             "minReplicas": 1, "maxReplicas": 1, "autoscalePolicy": {"cpuUtilization": 70}}
     endpoint_id = call(platform, "POST", "/serving/endpoints", f"deploy-{name}", json=body).json()["data"]["id"]
 

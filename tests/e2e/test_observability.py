@@ -19,9 +19,8 @@ import importlib.util
 import json
 import re
 import subprocess
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,12 +43,11 @@ from shared.errors import Unavailable
 from shared.identity import Identity
 from shared.settings import Settings
 
-from ..helpers import REPO_ROOT, free_port, free_port_run, make_up, make_up_ports
+from ..helpers import (
+    ADMIN, REPO_ROOT, RESEARCHER, approved_echo_model, free_port, free_port_run, make_up, make_up_ports, wait_for,
+)
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "llmops-dashboard.json"
-ADMIN = {"X-User-Id": "admin", "X-User-Roles": "admin"}
-RESEARCHER = {"X-User-Id": "rita", "X-User-Roles": "researcher"}
-REVIEWER = {"X-User-Id": "victor", "X-User-Roles": "reviewer"}
 WAIT_S = 180  # for things that are expected to happen (a replica ready, a log line written), not a speed bound
 # Grafana's own variables of a range, which PromQL does not know; $service, $endpoint sit in label strings.
 GRAFANA_RANGES = re.compile(r"\$__(rate_interval|interval|range)|\$\{__(rate_interval|interval|range)\}")
@@ -315,12 +313,6 @@ class Platform:
         return r.text
 
 
-def wait_for(what: str, found: Callable[[], object]) -> object:
-    deadline = time.monotonic() + WAIT_S
-    while not (result := found()):
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.2)
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -338,21 +330,10 @@ def platform(tmp_path_factory) -> Iterator[Platform]:
                        root / "log")
 
 
-def echo_model(platform: Platform, name: str) -> str:
-    """An approved model of the echo runtime (a Triton Python model: the prompt's words come back)."""
-    body = {"name": name, "version": "1", "type": "chat", "runtime": "echo", "artifactUri": "builtin://echo",
-            "ownerTeam": "observability", "status": "pending_review"}
-    r = requests.post(f"{platform.api}/catalog/models", json=body, headers=RESEARCHER, timeout=30)
-    assert r.status_code == 200, r.text
-    model_id = r.json()["data"]["id"]
-    r = requests.patch(f"{platform.api}/catalog/models/{model_id}/status", json={"status": "approved"},
-                       headers=REVIEWER, timeout=30)
-    assert r.status_code == 200, r.text
-    return model_id
 
 
 def deploy_echo(platform: Platform, name: str, request_id: str) -> dict:
-    body = {"modelId": echo_model(platform, name), "environment": "dev", "route": f"/llm-ops/v1/serve/{name}",
+    body = {"modelId": approved_echo_model(platform), "environment": "dev", "route": f"/llm-ops/v1/serve/{name}",
             "minReplicas": 1, "maxReplicas": 1, "autoscalePolicy": {"cpuUtilization": 70}}
     r = requests.post(f"{platform.api}/serving/endpoints", json=body, headers={**ADMIN, "X-Request-Id": request_id},
                       timeout=30)

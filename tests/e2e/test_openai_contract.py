@@ -16,10 +16,10 @@ import pytest
 import requests
 
 
-from ..helpers import REPO_ROOT
+from ..helpers import OPENAI_HEADERS, REPO_ROOT, assert_refused, openai_post
 
 
-HEADERS = {"X-User-Id": "sdk-user", "X-User-Roles": "researcher"}
+HEADERS = OPENAI_HEADERS
 HI = [{"role": "user", "content": "Say hello."}]
 CHAT, EMBED = "chat-model", "embedding-model"
 
@@ -31,22 +31,13 @@ def client(infer) -> openai.OpenAI:
 
 
 def post(infer, path: str, body: dict) -> requests.Response:
-    return requests.post(f"{infer.gateway.url}{path}", json=body, headers=HEADERS, timeout=120)
+    return openai_post(infer.gateway, path, body)
 
 
 def events(response: requests.Response) -> list[str]:
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "text/event-stream"
     return [line[len("data: "):] for line in response.text.split("\n\n") if line]
-
-
-def assert_refused(response: requests.Response, param: str, status: int = 400) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert (error["param"], error["type"]) == (param, "invalid_request_error"), error
-    assert "x-llmops-param" not in response.headers
-    return error
 
 
 # 1. streaming ---------------------------------------------------------------------------------------------

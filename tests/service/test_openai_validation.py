@@ -14,9 +14,9 @@ from google.rpc import error_details_pb2, status_pb2
 
 from llmops.v1 import inference_pb2, inference_pb2_grpc
 
-from ..helpers import identity
+from ..helpers import OPENAI_HEADERS, assert_refused, identity, openai_post
 
-HEADERS = {"X-User-Id": "sdk-user", "X-User-Roles": "researcher"}
+HEADERS = OPENAI_HEADERS
 HI = [{"role": "user", "content": "Say hello."}]
 CHAT, EMBED = "chat-model", "embedding-model"
 
@@ -28,16 +28,7 @@ def client(fake_serving) -> openai.OpenAI:
 
 
 def post(fake_serving, path: str, body: dict) -> requests.Response:
-    return requests.post(f"{fake_serving.gateway.url}{path}", json=body, headers=HEADERS, timeout=60)
-
-
-def assert_refused(response: requests.Response, param: str, status: int = 400) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert (error["param"], error["type"]) == (param, "invalid_request_error"), error
-    assert "x-llmops-param" not in response.headers
-    return error
+    return openai_post(fake_serving.gateway, path, body)
 
 
 def envelope(fake_serving, path: str, body: dict) -> requests.Response:
