@@ -163,3 +163,13 @@ def gateway(settings: Settings, registry: ServiceHandle, deployment: ServiceHand
     gw = start_envoy(settings, clusters, tmp_path_factory.mktemp("gateway"))
     yield gw
     gw.stop()
+
+
+@pytest.fixture(scope="module")
+def own_database(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A module's own deployment tables, apart from the session's deployment service's (whose endpoints
+    that module's runtime would otherwise start), on the same kind of database."""
+    if database_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path_factory.mktemp('own-db') / 'deployment.db'}"
+    else:
+        yield from postgres_database()

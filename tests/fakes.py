@@ -11,7 +11,7 @@ import itertools
 import json
 import struct
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp.web
@@ -23,7 +23,9 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from deployment.runtimes.base import Health, ReplicaState, RuntimeFailure, RuntimeStatus, ServingSpec
 from llmops.v1 import deployment_pb2, deployment_pb2_grpc, experiment_pb2, experiment_pb2_grpc
+from router.backends import Chunk, Sampling
 from router.experiments import ExperimentTable
+from router.outcomes import Outcome
 
 
 class FakeRuntime:
@@ -178,6 +180,33 @@ def routed(name: str, replicas: list[str], model_type: str = "chat") -> deployme
 def snapshot(*endpoints: deployment_pb2.RoutedEndpoint) -> deployment_pb2.WatchEndpointsResponse:
     return deployment_pb2.WatchEndpointsResponse(kind="snapshot", endpoints=list(endpoints))
 
+
+class RecordingPool:
+    """The router's replica pool without replicas: answers "ok" from the first replica it may pick, and
+    keeps where each generation went and its prompt."""
+
+    def __init__(self) -> None:
+        self.addresses: list[str] = []
+        self.prompts: list[str] = []
+
+    def pick(self, addresses, exclude, capacity=None, queue_budget=0.0):  # noqa: ANN001, ANN201
+        return next((a for a in addresses if a not in exclude), None)
+
+    async def generate(self, address: str, model: str, prompt: str, sampling: Sampling,
+                       request_id: str) -> AsyncIterator[Chunk]:
+        self.addresses.append(address)
+        self.prompts.append(prompt)
+        yield Chunk("ok", final=True, prompt_tokens=len(prompt), completion_tokens=1, finish_reason="stop")
+
+
+class RecordedOutcomes:
+    """The router's outcome sink, keeping what it was given."""
+
+    def __init__(self) -> None:
+        self.recorded: list[Outcome] = []
+
+    def record(self, outcome: Outcome) -> None:
+        self.recorded.append(outcome)
 
 def no_experiments() -> ExperimentTable:
     """The router's experiment table once an empty snapshot arrived: a request never waits for one (a

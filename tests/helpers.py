@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import openai
 import psutil
 import psycopg
 import pytest
@@ -459,6 +460,12 @@ def one_line_error(result: subprocess.CompletedProcess, code: int = 1) -> str:
 # ------------------------------------------------------------------ OpenAI's /v1
 
 OPENAI_HEADERS = {"X-User-Id": "sdk-user", "X-User-Roles": "researcher"}
+
+
+def openai_client(gateway) -> openai.OpenAI:
+    """The official SDK on the gateway's /v1, as a user of the platform points it, without its retries."""
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="not-needed", default_headers=OPENAI_HEADERS,
+                         max_retries=0)
 
 
 def openai_post(gateway, path: str, body: dict) -> requests.Response:

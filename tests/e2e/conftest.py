@@ -18,7 +18,7 @@ from shared.settings import Settings
 from ..conftest import ServiceHandle, serve_registry
 from ..helpers import (
     CHATML, SERVICE_TOKEN, InferenceStack, LoopThread, approved_model, assert_envelope, deploy, deploy_body, free_port,
-    postgres_database, split_address, start_envoy, unique,
+    split_address, start_envoy, unique,
 )
 
 
@@ -76,13 +76,3 @@ def infer(e2e_settings: Settings, e2e_registry: ServiceHandle, loop_thread: Loop
     s.stop()
     from deployment.runtimes.local import stop_all
     stop_all(local.serving_dir.resolve())
-
-
-@pytest.fixture(scope="module")
-def own_database(database_url: str, tmp_path_factory) -> Iterator[str]:
-    """A serving stack's deployment tables, apart from the control-plane tests' (whose
-    endpoints this runtime would otherwise start), on the same kind of database."""
-    if database_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path_factory.mktemp('serving-db') / 'deployment.db'}"
-    else:
-        yield from postgres_database()

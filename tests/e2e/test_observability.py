@@ -43,6 +43,7 @@ from shared.errors import Unavailable
 from shared.identity import Identity
 from shared.settings import Settings
 
+from ..fakes import RecordedOutcomes
 from ..helpers import (
     ADMIN, REPO_ROOT, RESEARCHER, approved_echo_model, free_port, free_port_run, make_up, make_up_ports, wait_for,
 )
@@ -225,11 +226,6 @@ class HeldPool:
         yield Chunk("ok", final=True, prompt_tokens=3, completion_tokens=1, finish_reason="stop")
 
 
-class Outcomes:
-    def record(self, outcome) -> None:  # noqa: ANN001
-        pass
-
-
 def held_service(name: str, pool: HeldPool) -> InferenceService:
     table = RouteTable()
     table.apply(deployment_pb2.WatchEndpointsResponse(kind="snapshot", endpoints=[deployment_pb2.RoutedEndpoint(
@@ -238,7 +234,7 @@ def held_service(name: str, pool: HeldPool) -> InferenceService:
         replicas=[deployment_pb2.Replica(id="r", grpc_address="replica:1", ready=True)])]))
     experiments = ExperimentTable()
     experiments.apply(experiment_pb2.WatchExperimentsResponse(kind="snapshot"))  # none running
-    return InferenceService(table=table, pool=pool, limiter=RateLimiter(0), outcomes=Outcomes(), timeout_s=30,
+    return InferenceService(table=table, pool=pool, limiter=RateLimiter(0), outcomes=RecordedOutcomes(), timeout_s=30,
                             max_output_tokens=16, experiments=experiments)
 
 

@@ -16,18 +16,16 @@ import pytest
 import requests
 
 
-from ..helpers import OPENAI_HEADERS, REPO_ROOT, assert_refused, openai_post
+from ..helpers import OPENAI_HEADERS, REPO_ROOT, assert_refused, openai_client, openai_post
 
 
-HEADERS = OPENAI_HEADERS
 HI = [{"role": "user", "content": "Say hello."}]
 CHAT, EMBED = "chat-model", "embedding-model"
 
 
 @pytest.fixture(scope="module")
 def client(infer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{infer.gateway.url}/v1", api_key="not-needed", default_headers=HEADERS,
-                         max_retries=0)
+    return openai_client(infer.gateway)
 
 
 def post(infer, path: str, body: dict) -> requests.Response:
@@ -274,7 +272,7 @@ def test_a_json_body_sent_as_a_form_is_read_as_json(infer):
     # curl -d without -H sends application/x-www-form-urlencoded; the body decides.
     response = requests.post(f"{infer.gateway.url}/v1/chat/completions", timeout=60,
                              data=json.dumps({"model": CHAT, "messages": HI, "max_tokens": 1}),
-                             headers={**HEADERS, "content-type": "application/x-www-form-urlencoded"})
+                             headers={**OPENAI_HEADERS, "content-type": "application/x-www-form-urlencoded"})
     assert response.status_code == 200, response.text
     assert response.json()["usage"]["completion_tokens"] == 1
 
@@ -307,7 +305,7 @@ def test_dimensions_the_model_has_are_accepted_and_others_refused(infer):
 # 7. the enveloped API and native gRPC ---------------------------------------------------------------------
 
 def envelope(infer, path: str, body: dict) -> requests.Response:
-    return requests.post(f"{infer.gateway.url}/llm-ops/v1/serve/{CHAT}/{path}", json=body, headers=HEADERS,
+    return requests.post(f"{infer.gateway.url}/llm-ops/v1/serve/{CHAT}/{path}", json=body, headers=OPENAI_HEADERS,
                          timeout=120)
 
 

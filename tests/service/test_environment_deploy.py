@@ -21,8 +21,7 @@ from shared.settings import Settings
 from ..conftest import ServiceHandle
 from ..fakes import FakeRuntime
 from ..helpers import (
-    ADMIN, Gateway, LoopThread, approved_model, assert_envelope, deploy, deploy_body, postgres_database,
-    split_address, start_envoy, unique, wait_status,
+    ADMIN, Gateway, LoopThread, approved_model, assert_envelope, deploy, deploy_body, split_address, start_envoy, unique, wait_status,
 )
 
 SERVED = ["dev", "prod"]
@@ -39,23 +38,14 @@ class Platform:
 
 
 @pytest.fixture(scope="module")
-def served_database(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """This module's deployment tables, apart from the session's deployment service's."""
-    if database_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path_factory.mktemp('environments-db') / 'deployment.db'}"
-    else:
-        yield from postgres_database()
-
-
-@pytest.fixture(scope="module")
-def platform(settings: Settings, registry: ServiceHandle, experiment: ServiceHandle, served_database: str,
+def platform(settings: Settings, registry: ServiceHandle, experiment: ServiceHandle, own_database: str,
              loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     from deployment.server import prepare_database
     from deployment.server import start as start_deployment
     from router.server import start as start_router
 
     local = settings.model_copy(update={
-        "database_url": Settings(database_url=served_database, _env_file=None).database_url,
+        "database_url": Settings(database_url=own_database, _env_file=None).database_url,
         "environments": SERVED, "environment": "dev", "reconcile_interval_s": 0.2, "rate_limit_per_minute": 0,
         "registry_port": split_address(registry.address)[1], "experiment_port": split_address(experiment.address)[1]})
     engine = prepare_database(local)

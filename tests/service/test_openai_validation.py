@@ -14,17 +14,15 @@ from google.rpc import error_details_pb2, status_pb2
 
 from llmops.v1 import inference_pb2, inference_pb2_grpc
 
-from ..helpers import OPENAI_HEADERS, assert_refused, identity, openai_post
+from ..helpers import OPENAI_HEADERS, assert_refused, identity, openai_client, openai_post
 
-HEADERS = OPENAI_HEADERS
 HI = [{"role": "user", "content": "Say hello."}]
 CHAT, EMBED = "chat-model", "embedding-model"
 
 
 @pytest.fixture(scope="module")
 def client(fake_serving) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{fake_serving.gateway.url}/v1", api_key="not-needed", default_headers=HEADERS,
-                         max_retries=0)
+    return openai_client(fake_serving.gateway)
 
 
 def post(fake_serving, path: str, body: dict) -> requests.Response:
@@ -32,8 +30,8 @@ def post(fake_serving, path: str, body: dict) -> requests.Response:
 
 
 def envelope(fake_serving, path: str, body: dict) -> requests.Response:
-    return requests.post(f"{fake_serving.gateway.url}/llm-ops/v1/serve/{CHAT}/{path}", json=body, headers=HEADERS,
-                         timeout=60)
+    return requests.post(f"{fake_serving.gateway.url}/llm-ops/v1/serve/{CHAT}/{path}", json=body,
+                         headers=OPENAI_HEADERS, timeout=60)
 
 
 def test_a_valid_request_reaches_the_replica(fake_serving):
@@ -129,7 +127,7 @@ def test_a_malformed_body_names_the_field(fake_serving, body, param):
 
 def test_invalid_json_is_a_400_in_openais_shape(fake_serving):
     response = requests.post(f"{fake_serving.gateway.url}/v1/chat/completions", data=b"{nope", timeout=30,
-                             headers={**HEADERS, "content-type": "application/json"})
+                             headers={**OPENAI_HEADERS, "content-type": "application/json"})
     assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
 
 

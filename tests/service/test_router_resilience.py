@@ -19,7 +19,6 @@ from tritonclient.grpc import service_pb2_grpc
 from llmops.v1 import deployment_pb2, deployment_pb2_grpc, inference_pb2, inference_pb2_grpc
 from router.backends import ReplicaChannel, ReplicaPool
 from router.limits import RateLimiter
-from router.outcomes import Outcome
 from router.prompting import Message, SamplingRequest
 from router.routes import RouteTable, follow
 from router.server import start as start_router
@@ -29,7 +28,7 @@ from shared.identity import Identity
 from shared.settings import Settings
 
 from ..fakes import EMBEDDING_DIM as DIM
-from ..fakes import FakeDeployment, FakeTriton, no_experiments, routed, snapshot
+from ..fakes import FakeDeployment, FakeTriton, RecordedOutcomes, no_experiments, routed, snapshot
 from ..helpers import LoopThread, free_port, identity
 
 ALICE = Identity("alice", frozenset({"researcher"}))
@@ -63,12 +62,6 @@ async def triton(serve: Serve, behaviour: str = "answers") -> tuple[FakeTriton, 
 
 # the router's use cases on a real pool --------------------------------------------------------------------
 
-class RecordedOutcomes:
-    def __init__(self) -> None:
-        self.recorded: list[Outcome] = []
-
-    def record(self, outcome: Outcome) -> None:
-        self.recorded.append(outcome)
 
 
 def inference(pool: ReplicaPool, *endpoints: deployment_pb2.RoutedEndpoint, timeout_s: float = 30.0,

@@ -6,7 +6,6 @@ gateway names (x-llmops-environment) for /serve, /v1 and native gRPC alike."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pydantic
@@ -14,7 +13,6 @@ import pytest
 import yaml
 
 from llmops.v1 import deployment_pb2, experiment_pb2, inference_pb2
-from router.backends import Chunk, Sampling
 from router.experiments import ExperimentTable
 from router.limits import RateLimiter
 from router.prompting import Message, SamplingRequest
@@ -26,6 +24,8 @@ from shared.errors import NotFound
 from shared.gateway import render_envoy_config
 from shared.identity import Identity
 from shared.settings import Settings
+
+from ..fakes import RecordedOutcomes, RecordingPool
 
 # ------------------------------------------------------------------ settings
 
@@ -162,37 +162,16 @@ def test_the_route_table_keeps_only_the_served_environments_and_refuses_the_othe
 
 # ------------------------------------------------------------------ the router: the environment of a request
 
-
-class AddressPool:
-    """Answers "ok" and keeps the replica each generation went to."""
-
-    def __init__(self) -> None:
-        self.addresses: list[str] = []
-
-    def pick(self, addresses, exclude, capacity=None, queue_budget=0.0):  # noqa: ANN001, ANN201
-        return next((a for a in addresses if a not in exclude), None)
-
-    async def generate(self, address: str, model: str, prompt: str, sampling: Sampling,
-                       request_id: str) -> AsyncIterator[Chunk]:
-        self.addresses.append(address)
-        yield Chunk("ok", final=True, prompt_tokens=1, completion_tokens=1, finish_reason="stop")
-
-
-def router(*experiments: experiment_pb2.ActiveExperiment) -> tuple[InferenceService, AddressPool]:
+def router(*experiments: experiment_pb2.ActiveExperiment) -> tuple[InferenceService, RecordingPool]:
     table = RouteTable(environments=("dev", "prod"))
     table.apply(snapshot(routed("d", "chat", "dev", "dev:1", model="small"),
                          routed("p", "chat", "prod", "prod:1", model="large"),
                          routed("p2", "prod-only", "prod", "prod:2")))
     active = ExperimentTable()
     active.apply(experiment_pb2.WatchExperimentsResponse(kind="snapshot", experiments=list(experiments)))
-    pool = AddressPool()
-    return InferenceService(table=table, pool=pool, limiter=RateLimiter(0), outcomes=DroppedOutcomes(), timeout_s=5,
+    pool = RecordingPool()
+    return InferenceService(table=table, pool=pool, limiter=RateLimiter(0), outcomes=RecordedOutcomes(), timeout_s=5,
                             max_output_tokens=16, experiments=active), pool
-
-
-class DroppedOutcomes:
-    def record(self, outcome) -> None:  # noqa: ANN001
-        pass
 
 
 async def chat(service: InferenceService, environment: str | None, name: str = "chat"):  # noqa: ANN201

@@ -6,45 +6,21 @@ an outcome only while the experiment runs."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 
 import pytest
 
 from llmops.v1 import deployment_pb2, experiment_pb2
-from router.backends import Chunk, Sampling
 from router.experiments import ExperimentTable, assign_variant
 from router.limits import RateLimiter
-from router.outcomes import Outcome
 from router.prompting import Message, SamplingRequest
 from router.routes import RouteTable
 from router.service import InferenceService
 from shared.identity import Identity
 
+from ..fakes import RecordedOutcomes, RecordingPool
+
 CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
           "<|im_start|>assistant\n")
-
-
-class RecordingPool:
-    """Answers "ok" from the one replica and keeps every prompt it was sent."""
-
-    def __init__(self) -> None:
-        self.prompts: list[str] = []
-
-    def pick(self, addresses, exclude, capacity=None, queue_budget=0.0):  # noqa: ANN001, ANN201
-        return next((a for a in addresses if a not in exclude), None)
-
-    async def generate(self, address: str, model: str, prompt: str, sampling: Sampling,
-                       request_id: str) -> AsyncIterator[Chunk]:
-        self.prompts.append(prompt)
-        yield Chunk("ok", final=True, prompt_tokens=len(prompt), completion_tokens=1, finish_reason="stop")
-
-
-class Outcomes:
-    def __init__(self) -> None:
-        self.recorded: list[Outcome] = []
-
-    def record(self, outcome: Outcome) -> None:
-        self.recorded.append(outcome)
 
 
 def experiment(kind: str = "chat", status: str = "running", allocation: int = 50, winner: str = "",
@@ -57,7 +33,7 @@ def experiment(kind: str = "chat", status: str = "running", allocation: int = 50
 
 
 def service_with(*active: experiment_pb2.ActiveExperiment,
-                 limiter: RateLimiter | None = None) -> tuple[InferenceService, RecordingPool, Outcomes]:
+                 limiter: RateLimiter | None = None) -> tuple[InferenceService, RecordingPool, RecordedOutcomes]:
     model = deployment_pb2.RevisionModel(name="m", version="1", type="chat")
     model.metadata.update({"chat_template": CHATML})
     table = RouteTable()
@@ -67,7 +43,7 @@ def service_with(*active: experiment_pb2.ActiveExperiment,
                                                                          ready=True)])]))
     experiments = ExperimentTable()
     experiments.apply(experiment_pb2.WatchExperimentsResponse(kind="snapshot", experiments=list(active)))
-    pool, outcomes = RecordingPool(), Outcomes()
+    pool, outcomes = RecordingPool(), RecordedOutcomes()
     service = InferenceService(table=table, pool=pool, limiter=limiter or RateLimiter(0), outcomes=outcomes, timeout_s=10,
                                max_output_tokens=16, experiments=experiments)
     return service, pool, outcomes
