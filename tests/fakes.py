@@ -38,6 +38,9 @@ class FakeRuntime:
         self.status_errors: list[Exception] = []  # raised by the next status() calls, one each
         self.apply_delay_s = 0.0
         self.on_change: Callable[[str], None] | None = None
+        # Where every replica answers (a FakeTriton's address), for a test that sends requests to them;
+        # None: addresses nothing listens on.
+        self.replica_address: str | None = None
 
     async def start(self) -> None:
         pass
@@ -58,8 +61,8 @@ class FakeRuntime:
         spec = self.specs.get(endpoint_id)
         if spec is None:
             return RuntimeStatus(health=Health.DEPLOYING, reason="", desired_replicas=0, ready_replicas=0)
-        replicas = tuple(ReplicaState(id=f"fake-{i}", grpc_address=f"127.0.0.1:{9000 + i}", ready=True,
-                                      revision=spec.revision) for i in range(spec.min_replicas))
+        replicas = tuple(ReplicaState(id=f"fake-{i}", grpc_address=self.replica_address or f"127.0.0.1:{9000 + i}",
+                                      ready=True, revision=spec.revision) for i in range(spec.min_replicas))
         return RuntimeStatus(health=Health.HEALTHY, reason="", desired_replicas=spec.min_replicas,
                              ready_replicas=spec.min_replicas, triton_model="llm", replicas=replicas)
 
@@ -109,6 +112,7 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.requests = 0
         self.release = asyncio.Event()  # lets a stalled generation finish
         self.calls: list[str] = []  # how each stream ended: "ok" or "cancelled"
+        self.prompts: list[str] = []  # each generation's text_input, as the router rendered it
         self.linger_s = 0.0  # how long the call stays open after its last response, as Triton's may
 
     async def ModelStreamInfer(self, request_iterator, context):  # noqa: N802
@@ -125,6 +129,7 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
         async for request in request_iterator:
             self.requests += 1
             behaviour = self.behaviour
+            self.prompts += [i.contents.bytes_contents[0].decode() for i in request.inputs if i.name == "text_input"]
             if behaviour == "model_died":
                 yield service_pb2.ModelStreamInferResponse(error_message=model_died(request.model_name))
             elif behaviour == "rejects":  # INVALID_ARG from the model: a stream carries only the message

@@ -54,7 +54,8 @@ def create(ctx: typer.Context,
 
 
 @app.command("list")
-def list_experiments(ctx: typer.Context, status: Annotated[str, typer.Option(help="running | concluded")] = "",
+def list_experiments(ctx: typer.Context,
+                     status: Annotated[str, typer.Option(help="running | concluded | stopped")] = "",
                      endpoint: Annotated[str, typer.Option(help="Only this endpoint's.")] = "",
                      output: OutputOption = Output.TABLE) -> None:
     """List experiments."""

@@ -1,8 +1,12 @@
 """The registry and the deployment service, as the experiment service sees them:
-prompt templates, and the model type of the endpoint an experiment runs on.
-Asked over gRPC with the caller's identity."""
+prompt templates, the endpoint an experiment runs on (asked over gRPC with the
+caller's identity), and which endpoints are live (the deployment service's watch,
+followed with the service's own identity, as the router follows it)."""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 from pydantic import SecretStr
@@ -13,6 +17,23 @@ from shared.identity import Identity, service_metadata
 from shared.observability import request_id_metadata
 
 from .domain import TemplateRef
+
+# Who follows the endpoint watch (an internal method) and stops the experiments of deleted endpoints.
+EXPERIMENT_SERVICE = Identity("svc-experiment", frozenset({"admin"}))
+
+
+@dataclass(frozen=True)
+class EndpointRef:
+    id: str
+    model_type: str
+
+
+@dataclass(frozen=True)
+class EndpointEvent:
+    """snapshot: the live endpoints (id -> name); delete: the ids of deleted endpoints."""
+
+    kind: str
+    endpoints: dict[str, str]
 
 
 def _unavailable(what: str, exc: grpc.aio.AioRpcError) -> Unavailable:
@@ -45,8 +66,8 @@ class Catalog:
             raise _unavailable("registry", exc) from exc
         return TemplateRef(id=t.id, name=t.name, content=t.content, model_type=t.model_type, endpoint=t.endpoint)
 
-    async def endpoint_model_type(self, name: str, *, actor: Identity) -> str:
-        """The type of the model the live endpoint `name` of this environment serves."""
+    async def endpoint(self, name: str, *, actor: Identity) -> EndpointRef:
+        """The live endpoint `name` of this environment: its id and the type of the model it serves."""
         try:
             found = await self._deployment.ListEndpoints(
                 deployment_pb2.ListEndpointsRequest(environment=self._environment, name=name, page_size=1),
@@ -61,7 +82,23 @@ class Catalog:
                                                   metadata=self._metadata(actor), timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
             raise _unavailable("registry", exc) from exc
-        return model.type
+        return EndpointRef(id=found.endpoints[0].id, model_type=model.type)
+
+    async def endpoint_events(self) -> AsyncIterator[EndpointEvent]:
+        """The deployment service's WatchEndpoints for this environment: a snapshot of the live endpoints,
+        then each deletion (changes to live endpoints are skipped). Ends with Unavailable when the watch
+        does; the caller opens it again."""
+        watch = self._deployment.WatchEndpoints(
+            deployment_pb2.WatchEndpointsRequest(environment=self._environment),
+            metadata=EXPERIMENT_SERVICE.metadata() + self._credential)
+        try:
+            async for event in watch:
+                if event.kind in ("snapshot", "delete"):
+                    yield EndpointEvent(event.kind, {e.endpoint.id: e.endpoint.name for e in event.endpoints})
+        except grpc.aio.AioRpcError as exc:
+            raise _unavailable("deployment service", exc) from exc
+        finally:
+            watch.cancel()
 
     async def close(self) -> None:
         for channel in self._channels:

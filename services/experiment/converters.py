@@ -13,6 +13,7 @@ from shared.timeutil import as_utc, to_timestamp, utcnow
 
 from .domain import (
     Experiment, ExperimentFilter, ExperimentSpec, ExperimentStatus, OutcomeRecord, check_allocation, check_metric,
+    check_score,
 )
 from .statistics import Analysis, Comparison, VariantSummary
 
@@ -40,7 +41,7 @@ def experiment_to_proto(e: Experiment, analysis: Analysis | None = None) -> pb.E
         id=str(e.id), template_a_id=e.template_a_id, template_b_id=e.template_b_id, allocation=e.allocation,
         metric=e.metric, endpoint=e.endpoint, status=e.status, winner_template_id=e.winner_template_id, notes=e.notes,
         created_by=e.created_by, created_at=to_timestamp(e.created_at), concluded_by=e.concluded_by,
-        concluded_at=to_timestamp(e.concluded_at), model_type=e.model_type)
+        concluded_at=to_timestamp(e.concluded_at), model_type=e.model_type, endpoint_id=e.endpoint_id)
     if analysis is not None:
         message.variants.extend([_variant(analysis.a), _variant(analysis.b)])
         ratio = analysis.sample_ratio
@@ -91,9 +92,9 @@ def outcome_record(o: pb.Outcome) -> OutcomeRecord | None:
         completion_tokens=o.completion_tokens, error=o.error, created_at=_time(o.created_at))
 
 
-def check_score(request: pb.RecordFeedbackRequest) -> float:
+def feedback_score(request: pb.RecordFeedbackRequest) -> float:
     if not request.HasField("score"):
         raise InvalidArgument("score is required (a number, e.g. 1 for a good answer, 0 for a bad one)",
-                              reason="MISSING_FIELD")
-    return request.score
+                              reason="MISSING_FIELD", param="score")
+    return check_score(request.score)
 

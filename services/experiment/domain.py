@@ -17,6 +17,9 @@ from .statistics import METRICS
 
 VARIANTS = ("A", "B")
 MAX_NOTES = 4096
+# A feedback score's range: a thumbs -1/1, a 1-5 rating, a percentage all fit, and no single score can
+# outweigh thousands of others in the mean, as a 1e6 among 1-5 ratings would.
+MIN_SCORE, MAX_SCORE = -100.0, 100.0
 # What a completion template must name: it wraps the prompt, so a template without it would drop it.
 COMPLETION_PROMPT_VARIABLE = "prompt"
 
@@ -24,6 +27,7 @@ COMPLETION_PROMPT_VARIABLE = "prompt"
 class ExperimentStatus(StrEnum):
     RUNNING = "running"
     CONCLUDED = "concluded"
+    STOPPED = "stopped"  # its endpoint was deleted: ended without a winner
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class Experiment:
     allocation: int
     metric: str
     endpoint: str
+    endpoint_id: str  # the endpoint it was created on; "" for one created before experiments were bound
     model_type: str
     status: ExperimentStatus
     winner_template_id: str
@@ -88,6 +93,13 @@ class OutcomeRecord:
     completion_tokens: int
     error: bool
     created_at: datetime
+
+
+def check_score(score: float) -> float:
+    if not MIN_SCORE <= score <= MAX_SCORE:  # NaN and the infinities fail it too
+        raise InvalidArgument(f"score must be a finite number from {MIN_SCORE:g} to {MAX_SCORE:g}; got {score:g}",
+                              reason="INVALID_SCORE", param="score")
+    return score
 
 
 def check_allocation(allocation: int) -> int:
@@ -150,7 +162,18 @@ def check_conclusion(experiment: Experiment, winner_template_id: str) -> None:
         raise FailedPrecondition(f"experiment {experiment.id} was already concluded "
                                  f"({experiment.concluded_at:%Y-%m-%d %H:%M} UTC by {experiment.concluded_by})",
                                  reason="ALREADY_CONCLUDED")
+    if experiment.status == ExperimentStatus.STOPPED:
+        raise FailedPrecondition(f"experiment {experiment.id} was stopped ({experiment.concluded_at:%Y-%m-%d %H:%M} "
+                                 f"UTC): its endpoint was deleted", reason="EXPERIMENT_STOPPED")
     if experiment.variant_of(winner_template_id) is None:
         raise InvalidArgument(f"winnerTemplateId must be templateAId ({experiment.template_a_id}) or templateBId "
                               f"({experiment.template_b_id}) of this experiment; got {winner_template_id[:64]}",
                               reason="WINNER_NOT_IN_EXPERIMENT")
+
+
+def check_takes_feedback(experiment: Experiment) -> None:
+    """Scores count only while the experiment runs: afterwards they would change the statistics it
+    was concluded on."""
+    if experiment.status != ExperimentStatus.RUNNING:
+        raise FailedPrecondition(f"experiment {experiment.id} is {experiment.status}; feedback is taken only while "
+                                 "it runs", reason="EXPERIMENT_NOT_RUNNING")

@@ -1,5 +1,6 @@
-"""Experiment process: migrate, then serve gRPC (and read the outcome stream when
-Redis is configured) until SIGTERM."""
+"""Experiment process: migrate, then serve gRPC, follow the deployment service's
+endpoint watch (to stop the experiments of deleted endpoints) and read the outcome
+stream when Redis is configured, until SIGTERM."""
 
 from __future__ import annotations
 
@@ -37,13 +38,17 @@ class RunningExperimentService:
     catalog: Catalog
     consumer: RedisOutcomeConsumer | None
     consuming: asyncio.Task | None
+    following: asyncio.Task
 
     async def stop(self, grace: float) -> None:
         await self.running.stop(grace)
         await self.close()
 
     async def close(self) -> None:
-        """What runs beside the server: the stream consumer and the clients of other services."""
+        """What runs beside the server: the endpoint watch, the stream consumer and the clients of other services."""
+        self.following.cancel()
+        with suppress(asyncio.CancelledError):
+            await self.following
         if self.consuming is not None:
             self.consuming.cancel()
             with suppress(asyncio.CancelledError):
@@ -73,7 +78,8 @@ async def start(settings: Settings, *, engine: Engine, port: int | None = None) 
         consumer = RedisOutcomeConsumer(settings.redis_url, consumer=f"{socket.gethostname()}:{running.port}",
                                         ingest=service.ingest)
         consuming = asyncio.create_task(consumer.run(), name="outcome-stream")
-    return RunningExperimentService(running, service, catalog, consumer, consuming)
+    following = asyncio.create_task(service.follow_endpoints(), name="endpoint-watch")
+    return RunningExperimentService(running, service, catalog, consumer, consuming, following)
 
 
 async def main() -> None:

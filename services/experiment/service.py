@@ -1,5 +1,6 @@
 """Experiment use cases. Every mutation and its audit record share one transaction;
-outcomes are counted once per request id, however often they are delivered."""
+outcomes are counted once per request id, however often they are delivered; an
+experiment ends once (concluded, or stopped with its endpoint), whatever races."""
 
 from __future__ import annotations
 
@@ -18,15 +19,14 @@ from sqlmodel import Session
 from llmops.v1 import audit_pb2
 from shared import audit
 from shared.db import transaction
-from shared.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
+from shared.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from shared.identity import Identity
-from shared.timeutil import utcnow
 
 from . import repository as repo
-from .catalog import Catalog
+from .catalog import EXPERIMENT_SERVICE, Catalog, EndpointEvent
 from .domain import (
     MAX_NOTES, VARIANTS, Experiment, ExperimentFilter, ExperimentSpec, ExperimentStatus, OutcomeRecord,
-    check_conclusion, check_fits_endpoint, check_templates, check_wraps_prompt,
+    check_conclusion, check_fits_endpoint, check_takes_feedback, check_templates, check_wraps_prompt,
 )
 from .statistics import Analysis, Observations, analyze
 
@@ -69,14 +69,15 @@ class ExperimentService:
         a, b = await asyncio.gather(self._catalog.template(spec.template_a_id, "templateAId", actor=actor),
                                     self._catalog.template(spec.template_b_id, "templateBId", actor=actor))
         endpoint = check_templates(spec, a, b)
-        check_fits_endpoint(a, endpoint, await self._catalog.endpoint_model_type(endpoint, actor=actor))
+        live = await self._catalog.endpoint(endpoint, actor=actor)
+        check_fits_endpoint(a, endpoint, live.model_type)
         if a.model_type == "completion":
             check_wraps_prompt(a, "templateAId")
             check_wraps_prompt(b, "templateBId")
         row = repo.ExperimentRow(
             template_a_id=a.id, template_b_id=b.id, template_a_content=a.content, template_b_content=b.content,
-            allocation=spec.allocation, metric=spec.metric, endpoint=endpoint, model_type=a.model_type,
-            status=ExperimentStatus.RUNNING, created_by=actor.user_id)
+            allocation=spec.allocation, metric=spec.metric, endpoint=endpoint, endpoint_id=live.id,
+            model_type=a.model_type, status=ExperimentStatus.RUNNING, created_by=actor.user_id)
         experiment = await asyncio.to_thread(self._insert, actor, row)
         self._publish()
         return experiment
@@ -84,7 +85,7 @@ class ExperimentService:
     def _insert(self, actor: Identity, row: repo.ExperimentRow) -> Experiment:
         conflict = f"endpoint {row.endpoint} already has a running experiment; conclude it first"
         with transaction(self._engine, conflict=conflict) as session:
-            running = repo.running_on(session=session, endpoint=row.endpoint)
+            running = repo.running_on(session=session, endpoint_id=row.endpoint_id)
             if running is not None:
                 raise AlreadyExists(f"endpoint {row.endpoint} already has a running experiment ({running.id}); "
                                     "conclude it first", reason="EXPERIMENT_RUNNING")
@@ -135,19 +136,75 @@ class ExperimentService:
 
     def _conclude(self, actor: Identity, experiment_id: uuid.UUID, winner_template_id: str, notes: str) -> None:
         with transaction(self._engine) as session:
-            row = repo.get_row(session=session, experiment_id=experiment_id, for_update=True)
+            row = repo.get_row(session=session, experiment_id=experiment_id)
             before = row.snapshot()
             check_conclusion(row.to_domain(), winner_template_id)
-            row.status, row.winner_template_id, row.notes = ExperimentStatus.CONCLUDED, winner_template_id, notes
-            row.concluded_by, row.concluded_at = actor.user_id, utcnow()
-            row.updated_at = row.concluded_at
-            session.add(row)
-            session.flush()
+            if not repo.end(session=session, row=row, status=ExperimentStatus.CONCLUDED,
+                            winner_template_id=winner_template_id, notes=notes, concluded_by=actor.user_id):
+                session.refresh(row)  # another conclusion (or the endpoint's deletion) got there first
+                check_conclusion(row.to_domain(), winner_template_id)
             audit.record(session, repo.ExperimentAudit, actor=actor, action="ConcludeExperiment",
                          resource_type="experiment", resource_id=str(row.id), before=before, after=row.snapshot())
 
     async def audit_log(self, request: audit_pb2.ListAuditRecordsRequest) -> audit_pb2.ListAuditRecordsResponse:
         return await audit.list_page(self._engine, repo.ExperimentAudit, request, resource_types=("experiment",))
+
+    # endpoints that go away ------------------------------------------------------------------------------
+
+    async def follow_endpoints(self) -> None:
+        """Stop the running experiments of deleted endpoints, forever: each deletion the deployment service's
+        watch reports, and, on every (re)connection, those whose endpoint is missing from its snapshot, so
+        that a deletion made while this service was down or disconnected is caught up when it is back."""
+        backoff = 0.2
+        while True:
+            try:
+                # Read before the watch opens: an experiment created since may be on an endpoint deployed
+                # after the snapshot was taken, and must not be taken for one whose endpoint is gone.
+                before = await asyncio.to_thread(self._running)
+                async for event in self._catalog.endpoint_events():
+                    if await asyncio.to_thread(self._reconcile, before, event):
+                        self._publish()
+                    backoff = 0.2
+            except Unavailable as exc:
+                log.info("endpoint watch interrupted; retrying", error=exc.message, retry_in_s=backoff)
+            except Exception:  # noqa: BLE001 - a follower that dies would leave deleted endpoints' experiments running
+                log.exception("endpoint watch failed; retrying", retry_in_s=backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def _running(self) -> list[Experiment]:
+        with Session(self._engine) as session:
+            return [r.to_domain() for r in repo.running(session=session)]
+
+    def _reconcile(self, before: list[Experiment], event: EndpointEvent) -> bool:
+        """Stop what the event says lost its endpoint; whether any experiment was stopped."""
+        if event.kind == "delete":
+            with Session(self._engine) as session:
+                gone = [r.to_domain() for r in repo.running(session=session) if r.endpoint_id in event.endpoints]
+        else:
+            names = {name: endpoint_id for endpoint_id, name in event.endpoints.items()}
+            with transaction(self._engine) as session:
+                if bound := repo.bind_to_endpoints(session=session, live=names):
+                    log.info("older experiments bound to the live endpoints of their names", count=bound)
+            # An experiment from before binding is gone with its name; the others with their endpoint's id.
+            gone = [e for e in before
+                    if (e.endpoint_id not in event.endpoints if e.endpoint_id else e.endpoint not in names)]
+        return sum(self._stop(e) for e in gone) > 0
+
+    def _stop(self, experiment: Experiment) -> bool:
+        """Stop it without a winner, unless it ended meanwhile (concluded, or stopped by another replica)."""
+        with transaction(self._engine) as session:
+            row = repo.get_row(session=session, experiment_id=experiment.id)
+            before = row.snapshot()
+            notes = f"stopped: endpoint {row.endpoint} ({row.endpoint_id or 'unbound'}) was deleted"
+            if not repo.end(session=session, row=row, status=ExperimentStatus.STOPPED, notes=notes,
+                            concluded_by=EXPERIMENT_SERVICE.user_id):
+                return False
+            audit.record(session, repo.ExperimentAudit, actor=EXPERIMENT_SERVICE, action="StopExperiment",
+                         resource_type="experiment", resource_id=str(row.id), before=before, after=row.snapshot())
+        log.info("experiment stopped: its endpoint was deleted", experiment=str(experiment.id),
+                 endpoint=experiment.endpoint, notice=True)
+        return True
 
     # what the router follows ------------------------------------------------------------------------------
 
@@ -206,8 +263,7 @@ class ExperimentService:
             and bool(outcome.request_id) and math.isfinite(outcome.latency_ms)
 
     async def feedback(self, *, actor: Identity, endpoint: str, request_id: str, score: float) -> FeedbackReceipt:
-        if not math.isfinite(score):
-            raise InvalidArgument("score must be a finite number", reason="INVALID_SCORE")
+        """score is checked (domain.check_score) by the caller."""
         request_id = request_id.removeprefix(RESPONSE_ID_PREFIXES[0]).removeprefix(RESPONSE_ID_PREFIXES[1])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + FEEDBACK_WAIT_S
@@ -226,6 +282,7 @@ class ExperimentService:
             if outcome.user_id != actor.user_id:
                 raise PermissionDenied(f"request {request_id} was made by another user; only they may rate it",
                                        reason="NOT_YOUR_REQUEST")
-            repo.set_feedback(session=session, request_id=request_id, score=score)
+            if not repo.set_feedback(session=session, request_id=request_id, score=score):
+                check_takes_feedback(repo.get_row(session=session, experiment_id=outcome.experiment_id).to_domain())
             return FeedbackReceipt(request_id=request_id, experiment_id=str(outcome.experiment_id),
                                    variant=outcome.variant, template_id=outcome.template_id, score=score)

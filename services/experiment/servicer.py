@@ -47,7 +47,7 @@ class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
     async def RecordFeedback(self, request: pb.RecordFeedbackRequest, context) -> pb.Feedback:  # noqa: N802
         receipt = await self._service.feedback(
             actor=current_identity(), endpoint=v.endpoint_name(request.name, "name"),
-            request_id=v.required(request.request_id, "requestId", max_length=128), score=conv.check_score(request))
+            request_id=v.required(request.request_id, "requestId", max_length=128), score=conv.feedback_score(request))
         return pb.Feedback(request_id=receipt.request_id, experiment_id=receipt.experiment_id,
                            variant=receipt.variant, template_id=receipt.template_id, score=receipt.score)
 

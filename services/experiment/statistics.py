@@ -18,11 +18,16 @@ flag healthy experiments whose users send many requests. The error rate is a gua
 the experiment's metric: a faster B that fails more often loses.
 
 Pure functions, no I/O. Every float in the result is finite or None, since it goes into
-protobuf and JSON.
+protobuf and JSON. Means, percentiles and the tests run on the observations divided by a
+power of two near their largest magnitude (exact in binary floating point, so the results are
+the same numbers) and are scaled back: squares and sums of any finite observations, even the
+1e160 a client once stored as a feedback score, cannot overflow, and a result that would
+exceed the float range comes out as None.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -170,6 +175,11 @@ def compare_means(a: np.ndarray, b: np.ndarray, *, measure: str, alpha: float, t
     """mean(b) - mean(a): Welch's t-test at a fixed horizon and gbstats' sequential test."""
     if a.size < 2 or b.size < 2:
         return None
+    unit = _unit(a, b)
+    if unit != 1.0:  # p-values do not change with the unit; differences and intervals scale with it
+        scaled = compare_means(a / unit, b / unit, measure=measure, alpha=alpha, tuning=tuning)
+        return dataclasses.replace(scaled, **{k: _finite_times(getattr(scaled, k), unit) for k in (
+            "difference", "ci_low", "ci_high", "sequential_ci_low", "sequential_ci_high")})
     n_a, n_b = int(a.size), int(b.size)
     mean_a, mean_b = float(a.mean()), float(b.mean())
     variance_a, variance_b = _variance(a), _variance(b)
@@ -255,13 +265,35 @@ def _summarize(observations: Observations, values: np.ndarray) -> VariantSummary
     requests, error_count = int(errors.size), int(errors.sum())
     mean = p50 = p95 = None
     if values.size:
-        mean = float(values.mean())
-        p50, p95 = (float(p) for p in np.percentile(values, [50, 95]))
+        unit = _unit(values)
+        mean = _finite_times((values / unit).mean(), unit)
+        p50, p95 = (_finite_times(p, unit) for p in np.percentile(values / unit, [50, 95]))
+    mean_feedback = None
+    if feedback.size:
+        unit = _unit(feedback)
+        mean_feedback = _finite_times((feedback / unit).mean(), unit)
     return VariantSummary(
         variant=observations.variant, template_id=observations.template_id, requests=requests,
         users=int(np.unique(np.asarray(observations.user_id)).size), errors=error_count,
         error_rate=error_count / requests if requests else 0.0, samples=int(values.size), mean=mean, p50=p50,
-        p95=p95, mean_feedback=float(feedback.mean()) if feedback.size else None, feedback_count=int(feedback.size))
+        p95=p95, mean_feedback=mean_feedback, feedback_count=int(feedback.size))
+
+
+def _unit(*arrays: np.ndarray) -> float:
+    """A power of two near the largest magnitude among the arrays' (finite) values, 1 when that is
+    small: dividing by it is exact, and leaves magnitudes below 2, whose squares and sums of squares
+    stay far inside the float range."""
+    largest = max(float(np.abs(x).max()) if x.size else 0.0 for x in arrays)
+    return 1.0 if largest < 2.0 ** 64 else math.ldexp(1.0, math.frexp(largest)[1] - 1)
+
+
+def _finite_times(x: float | None, unit: float) -> float | None:
+    """x (computed on observations divided by unit) in the observations' own unit; None where that
+    is beyond the float range."""
+    if x is None:
+        return None
+    with np.errstate(over="ignore"):
+        return _finite(float(np.float64(x) * unit))
 
 
 def _variance(values: np.ndarray) -> float:

@@ -1,7 +1,11 @@
 """Prompt A/B experiments as the router applies them: per endpoint, the experiment in
 force (running, or the latest concluded one, whose winner everyone gets), kept in memory
 from the experiment service's WatchExperiments stream like the route table, and sticky
-assignment of a user to a variant. No request asks the experiment service anything."""
+assignment of a user to a variant. No request asks the experiment service anything.
+
+An experiment is matched to a route by the id of the endpoint it was created on, not by
+name: a new endpoint deployed under a deleted one's name is never taken over by the old
+one's experiment, even while the experiment service (which stops that experiment) is down."""
 
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ class Assignment:
 class ActiveExperiment:
     id: str
     endpoint: str
+    endpoint_id: str  # the endpoint it was created on: the only one it applies to
     kind: str  # chat | completion: the requests whose prompt it chooses
     allocation: int
     running: bool
@@ -54,9 +59,8 @@ def active_from_proto(active: experiment_pb2.ActiveExperiment) -> ActiveExperime
     e = active.experiment
     templates = {"A": (e.template_a_id, active.template_a_content), "B": (e.template_b_id, active.template_b_content)}
     winner = next((v for v, (template_id, _) in templates.items() if template_id == e.winner_template_id), "A")
-    return ActiveExperiment(id=e.id, endpoint=e.endpoint, kind=e.model_type, allocation=e.allocation,
-                            running=e.status == "running",
-                            templates=templates, winner=winner)
+    return ActiveExperiment(id=e.id, endpoint=e.endpoint, endpoint_id=e.endpoint_id, kind=e.model_type,
+                            allocation=e.allocation, running=e.status == "running", templates=templates, winner=winner)
 
 
 # Right after the router starts, a request waits this long at most for the first snapshot, so that a
@@ -66,7 +70,7 @@ SYNC_GRACE_S = 2.0
 
 @dataclass
 class ExperimentTable:
-    by_endpoint: dict[str, ActiveExperiment] = field(default_factory=dict)
+    by_endpoint: dict[str, ActiveExperiment] = field(default_factory=dict)  # by endpoint id
     synced: asyncio.Event = field(default_factory=asyncio.Event)
     created: float = field(default_factory=time.monotonic)
 
@@ -79,17 +83,17 @@ class ExperimentTable:
                 async with asyncio.timeout(left):
                     await self.synced.wait()
 
-    def assign(self, endpoint: str, user_id: str, kind: str) -> Assignment | None:
+    def assign(self, endpoint_id: str, user_id: str, kind: str) -> Assignment | None:
         """The prompt of a chat or completion request: only an experiment of that kind chooses it."""
-        experiment = self.by_endpoint.get(endpoint)
+        experiment = self.by_endpoint.get(endpoint_id)
         return experiment.assign(user_id) if experiment is not None and experiment.kind == kind else None
 
     def apply(self, event: experiment_pb2.WatchExperimentsResponse) -> None:
         applied = [active_from_proto(a) for a in event.experiments]
         if event.kind == "snapshot":
-            self.by_endpoint = {e.endpoint: e for e in applied}
+            self.by_endpoint = {e.endpoint_id: e for e in applied}
         else:
-            self.by_endpoint.update({e.endpoint: e for e in applied})
+            self.by_endpoint.update({e.endpoint_id: e for e in applied})
         self.synced.set()
 
 

@@ -30,6 +30,7 @@ from prometheus_client import Counter, Gauge
 from pydantic import SecretStr
 
 from llmops.v1 import experiment_pb2, experiment_pb2_grpc
+from shared.errors import STATUS_TABLE
 from shared.outcome_stream import FIELD, MAX_ENTRIES, STREAM
 
 from .watch import internal_call_metadata
@@ -47,6 +48,15 @@ FLUSH_S = 0.2  # how long outcomes gather into one batch
 COMPACT_BYTES = 1 << 20  # once everything is delivered, a journal longer than this starts over
 
 
+def observes_variant(code: str) -> bool:
+    """Whether a request that ended with this gRPC code (its name; "OK") is an observation of the variant
+    that chose its prompt: a success, or a failure of the platform or the model (what the status table
+    answers with a 5xx). What the caller caused (bad input, not found, denied, its rate limit, its
+    cancellation) says nothing about the variant, and counted it would let any caller sink one: in
+    trusted-headers mode a caller picks an X-User-Id that lands on the variant it wants to fail."""
+    return code == "OK" or STATUS_TABLE[grpc.StatusCode[code]][0] >= 500
+
+
 @dataclass(frozen=True)
 class Outcome:
     request_id: str
@@ -57,8 +67,8 @@ class Outcome:
     latency_ms: float
     prompt_tokens: int
     completion_tokens: int
-    error: str = ""
-    experiment_id: str = ""
+    error: str = ""  # the gRPC code's name when the request failed
+    experiment_id: str = ""  # set only when the outcome counts for the experiment (observes_variant)
     variant: str = ""
     template_id: str = ""
     at: float = 0.0  # Unix seconds

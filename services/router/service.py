@@ -23,7 +23,7 @@ from shared.model_limits import CHARS_PER_TOKEN_BOUND, EmbeddingLimits, context_
 from .backends import Chunk, ReplicaFailure, ReplicaPool, Sampling
 from .experiments import Assignment, ExperimentTable
 from .limits import RateLimiter
-from .outcomes import Outcome, OutcomeSink
+from .outcomes import Outcome, OutcomeSink, observes_variant
 from .prompting import (Message, SamplingRequest, check_messages, check_sampling, message_variables, model_stop_words,
                         render_chat, render_prompt_template)
 from .routes import Route, RouteTable
@@ -163,7 +163,7 @@ class InferenceService:
         if route.environment != self._table.default_environment:
             return None
         await self._experiments.wait_synced()
-        return self._experiments.assign(route.name, actor.user_id, kind)
+        return self._experiments.assign(route.endpoint_id, actor.user_id, kind)
 
     async def collect(self, answer: Answer, name: str) -> Generation:
         text, logprobs, last = [], [], Chunk("")
@@ -288,7 +288,8 @@ class InferenceService:
     async def _accounted(self, actor: Identity, route: Route, kind: str,
                          assignment: Assignment | None = None) -> AsyncIterator[_Call]:
         """Metrics and the outcome record of one request, whatever way it ends; the outcome counts
-        for the experiment when a running one chose the prompt."""
+        for the experiment when a running one chose the prompt and the caller did not cause its
+        failure (outcomes.observes_variant)."""
         call, started, code, at = _Call(), time.perf_counter(), "OK", time.time()
         in_flight = IN_FLIGHT.labels(route.name)
         in_flight.inc()
@@ -318,7 +319,8 @@ class InferenceService:
                 user=actor.user_id, kind=kind, latency_ms=round(elapsed * 1000, 2),
                 prompt_tokens=call.prompt_tokens, completion_tokens=call.completion_tokens,
                 error="" if code == "OK" else code, at=at,
-                **(experiment_fields(assignment) if assignment is not None and assignment.running else {})))
+                **(experiment_fields(assignment) if assignment is not None and assignment.running
+                   and observes_variant(code) else {})))
 
     async def health(self, *, name: str, environment: str | None = None) -> HealthReport:
         route = await self._route(name, environment, kinds=None)

@@ -61,8 +61,8 @@ def wait_counted(infer, experiment_id: str, expected: int) -> int:
 def wait_router_sees(infer, experiment_id: str, status: str) -> None:
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
-        active = infer.router.experiments.by_endpoint.get(AB)
-        if active is not None and active.id == experiment_id and active.running == (status == "running"):
+        if any(active.id == experiment_id and active.running == (status == "running")
+               for active in infer.router.experiments.by_endpoint.values()):
             return
         time.sleep(0.05)
     raise AssertionError(f"the router never saw experiment {experiment_id} {status}")

@@ -7,13 +7,20 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from pydantic import SecretStr
+from sqlalchemy import text as sa_text
+
+from llmops.v1 import experiment_pb2, experiment_pb2_grpc
+from router.watch import internal_call_metadata
 
 from ..helpers import (
-    ADMIN, RESEARCHER, SEED, SEED_HOST, approved_model, assert_envelope, deploy, deploy_body, unique,
+    ADMIN, RESEARCHER, SEED, SEED_HOST, SERVICE_TOKEN, approved_model, assert_envelope, deploy, deploy_body, unique,
 )
 
 
@@ -248,3 +255,109 @@ def test_seed_section_5_with_curl(gateway, ab):
 def test_feedback_needs_an_identity(gateway, ab):
     r = requests.post(f"{gateway.api}/serve/{ab['endpoint']}/feedback", json={"requestId": "x", "score": 1})
     assert_envelope(r, 401, "error")
+
+
+# ------------------------------------------------------------------ races, feedback bounds, the state of an experiment
+
+def conclude(gateway, experiment_id: str, winner: str) -> requests.Response:
+    return requests.post(f"{gateway.api}/prompts/experiments/{experiment_id}/conclude",
+                         json={"winnerTemplateId": winner}, headers=ADMIN)
+
+
+def audit_actions(gateway, experiment_id: str) -> list[str]:
+    r = requests.get(f"{gateway.api}/prompts/audit-records", params={"resourceId": experiment_id}, headers=ADMIN)
+    return [record["action"] for record in assert_envelope(r, 200, "success")["data"]["records"]]
+
+
+def test_of_ten_concurrent_concludes_exactly_one_wins(gateway, ab):
+    e = assert_envelope(create(gateway, {"templateAId": ab["a"]["id"], "templateBId": ab["b"]["id"],
+                                         "allocation": 50, "metric": "latency_ms"}), 200, "success")["data"]
+    winners = [ab["a"]["id"], ab["b"]["id"]] * 5  # alternating: two winners could both "win"
+    start = threading.Barrier(len(winners))
+
+    def one(winner: str) -> requests.Response:
+        start.wait()
+        return conclude(gateway, e["id"], winner)
+
+    with ThreadPoolExecutor(len(winners)) as pool:
+        answers = list(pool.map(one, winners))
+    assert sorted(r.status_code for r in answers) == [200] + [409] * 9, [r.text for r in answers]
+    [won] = [(r, w) for r, w in zip(answers, winners) if r.status_code == 200]
+    for lost in (r for r in answers if r.status_code == 409):
+        assert "already concluded" in assert_envelope(lost, 409, "error")["message"]
+    got = assert_envelope(requests.get(f"{gateway.api}/prompts/experiments/{e['id']}", headers=ADMIN), 200,
+                          "success")["data"]
+    assert got["winnerTemplateId"] == won[1] == won[0].json()["data"]["winnerTemplateId"]
+    assert audit_actions(gateway, e["id"]) == ["ConcludeExperiment", "CreateExperiment"]
+
+
+def record_outcome(experiment, e: dict, user: str, variant: str = "A") -> str:
+    """One served request of the experiment by `user`, delivered as the router delivers it; its id."""
+    request_id = str(uuid.uuid4())
+    template_id = e["templateAId"] if variant == "A" else e["templateBId"]
+    stub = experiment_pb2_grpc.ExperimentServiceStub(experiment.channel)
+    accepted = stub.RecordOutcomes(experiment_pb2.RecordOutcomesRequest(outcomes=[experiment_pb2.Outcome(
+        request_id=request_id, experiment_id=e["id"], variant=variant, template_id=template_id,
+        endpoint=e["endpoint"], user_id=user, latency_ms=120.0, prompt_tokens=5, completion_tokens=7)]),
+        metadata=internal_call_metadata(SecretStr(SERVICE_TOKEN))).accepted
+    assert accepted == 1
+    return request_id
+
+
+def feedback(gateway, e: dict, request_id: str, score, user: dict = RESEARCHER) -> requests.Response:
+    return requests.post(f"{gateway.api}/serve/{e['endpoint']}/feedback", json={"requestId": request_id,
+                                                                                 "score": score}, headers=user)
+
+
+def stored_score(experiment, request_id: str) -> float | None:
+    with experiment.engine.connect() as connection:
+        return connection.execute(sa_text("SELECT feedback_score FROM experiment_outcomes WHERE request_id = :r"),
+                                  {"r": request_id}).scalar_one()
+
+
+@pytest.fixture
+def rated(gateway, ab) -> dict:
+    """A running experiment on feedback_score."""
+    return assert_envelope(create(gateway, {"templateAId": ab["a"]["id"], "templateBId": ab["b"]["id"],
+                                            "allocation": 50, "metric": "feedback_score"}), 200, "success")["data"]
+
+
+@pytest.mark.parametrize("score", [1e160, 1e7, -1e7, 100.5, -101])
+def test_a_score_out_of_range_is_a_400_naming_score_and_stores_nothing(gateway, experiment, rated, score):
+    request_id = record_outcome(experiment, rated, "rita")
+    envelope = assert_envelope(feedback(gateway, rated, request_id, score), 400, "error")
+    assert "score must be a finite number from -100 to 100" in envelope["message"], envelope
+    assert envelope["data"] is None
+    assert stored_score(experiment, request_id) is None
+    assert assert_envelope(feedback(gateway, rated, request_id, 100), 200, "success")["data"]["score"] == 100
+
+
+def test_extreme_scores_already_stored_leave_the_statistics_answering(gateway, experiment, rated):
+    """Scores from before the bound (or written by hand): the statistics are computed scaled, so no
+    stored finite number can overflow them."""
+    extremes = {"A": [1e160, -1.7e308, 3.0], "B": [1.7e308, 1.7e308, -2.0]}
+    for variant, scores in extremes.items():
+        for score in scores:
+            request_id = record_outcome(experiment, rated, "rita", variant)
+            with experiment.engine.begin() as connection:
+                connection.execute(sa_text("UPDATE experiment_outcomes SET feedback_score = :s WHERE request_id = :r"),
+                                   {"s": score, "r": request_id})
+    url = f"{gateway.api}/prompts/experiments/{rated['id']}"
+    got = assert_envelope(requests.get(url, headers=ADMIN), 200, "success")["data"]
+    by_variant = {v["variant"]: v for v in got["variants"]}
+    assert by_variant["B"]["meanFeedback"] == pytest.approx(1.7e308 / 3 * 2)
+    assert by_variant["A"]["feedbackCount"] == "3"
+    assert got["recommendation"]["decision"] == "keep running"
+    assert_envelope(conclude(gateway, rated["id"], rated["templateAId"]), 200, "success")
+
+
+def test_no_feedback_once_the_experiment_is_concluded(gateway, experiment, rated):
+    request_id = record_outcome(experiment, rated, "rita", "B")
+    url = f"{gateway.api}/prompts/experiments/{rated['id']}"
+    assert_envelope(conclude(gateway, rated["id"], rated["templateBId"]), 200, "success")
+    before = assert_envelope(requests.get(url, headers=ADMIN), 200, "success")["data"]["variants"]
+
+    envelope = assert_envelope(feedback(gateway, rated, request_id, 5), 409, "error")
+    assert f"experiment {rated['id']} is concluded" in envelope["message"], envelope
+    assert stored_score(experiment, request_id) is None
+    assert assert_envelope(requests.get(url, headers=ADMIN), 200, "success")["data"]["variants"] == before

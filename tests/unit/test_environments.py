@@ -207,7 +207,7 @@ async def test_the_models_and_health_of_an_environment_are_its_own():
 async def test_an_experiment_on_a_name_applies_to_that_endpoint_of_the_default_environment_only():
     running = experiment_pb2.ActiveExperiment(
         experiment=experiment_pb2.Experiment(id="exp", template_a_id="ta", template_b_id="tb", allocation=100,
-                                             endpoint="chat", status="running", model_type="chat"),
+                                             endpoint="chat", endpoint_id="d", status="running", model_type="chat"),
         template_a_content="A", template_b_content="B")
     service, _ = router(running)
     assert (await chat(service, "dev")).experiment.experiment_id == "exp"

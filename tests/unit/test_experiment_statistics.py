@@ -330,6 +330,10 @@ def _edge_cases() -> dict[str, tuple[Observations, Observations, str, int]]:
                               observations("B", latencies(rng, 100)), "latency_ms", 50),
         "a huge effect": (observations("A", rng.normal(1000, 1, 5000)), observations("B", rng.normal(10, 1, 5000)),
                           "latency_ms", 50),
+        # Stored before scores were bounded: squares and sums of them overflowed (a 500 on every look).
+        "scores at the ends of the float range": (
+            observations("A", latencies(rng, 50), feedback=[1e160, -1.7e308, 3.0, 4.0]),
+            observations("B", latencies(rng, 50), feedback=[1.7e308, 1.7e308, -2.0, 1.0]), "feedback_score", 50),
     }
 
 
@@ -369,6 +373,20 @@ def test_a_huge_effect_gives_p_zero_not_an_overflow():
     comparison = compare_means(rng.normal(1000, 1, 5000), rng.normal(10, 1, 5000), measure="latency_ms",
                                alpha=ALPHA, tuning=5000)
     assert comparison.sequential_p_value == 0.0 and comparison.significant
+
+
+def test_observations_of_any_magnitude_are_tested_alike_in_their_own_unit():
+    """The tests run on the observations scaled by a power of two: p-values do not move, differences
+    and intervals come back in the observations' unit."""
+    rng = np.random.default_rng(18)
+    a, b = rng.normal(5, 1, 400), rng.normal(5.3, 1, 400)
+    unit = 2.0 ** 900  # b's squares would be 1e542: beyond the float range
+    plain = compare_means(a, b, measure="feedback_score", alpha=ALPHA, tuning=5000)
+    scaled = compare_means(a * unit, b * unit, measure="feedback_score", alpha=ALPHA, tuning=5000)
+    assert (scaled.p_value, scaled.sequential_p_value, scaled.significant) == pytest.approx(
+        (plain.p_value, plain.sequential_p_value, plain.significant), rel=1e-12)
+    for field in ("difference", "ci_low", "ci_high", "sequential_ci_low", "sequential_ci_high"):
+        assert getattr(scaled, field) == pytest.approx(getattr(plain, field) * unit, rel=1e-12), field
 
 
 def test_bad_arguments_are_refused():

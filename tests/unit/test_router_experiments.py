@@ -24,11 +24,12 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_
 
 
 def experiment(kind: str = "chat", status: str = "running", allocation: int = 50, winner: str = "",
-               a: str = "Be brief.", b: str = "Be kind, {{ name | default('friend') }}.") -> experiment_pb2.ActiveExperiment:
+               a: str = "Be brief.", b: str = "Be kind, {{ name | default('friend') }}.",
+               endpoint_id: str = "e1") -> experiment_pb2.ActiveExperiment:
     return experiment_pb2.ActiveExperiment(
         experiment=experiment_pb2.Experiment(id="exp-1", template_a_id="ta", template_b_id="tb", allocation=allocation,
-                                             endpoint="chat-model", status=status, model_type=kind,
-                                             winner_template_id=winner),
+                                             endpoint="chat-model", endpoint_id=endpoint_id, status=status,
+                                             model_type=kind, winner_template_id=winner),
         template_a_content=a, template_b_content=b)
 
 
@@ -100,6 +101,17 @@ async def test_after_conclusion_everyone_gets_the_winner_and_nothing_is_counted(
         assert generation.experiment.variant == "B"
     assert all("Be kind, friend." in prompt for prompt in pool.prompts)
     assert [o.experiment_id for o in outcomes.recorded] == ["", ""]
+
+
+@pytest.mark.parametrize("status", ["running", "concluded"])
+async def test_an_experiment_of_a_deleted_endpoint_leaves_a_new_endpoint_of_its_name_alone(status):
+    """chat-model here is endpoint e1; the experiment was made on an earlier chat-model, since deleted."""
+    service, pool, outcomes = service_with(experiment(allocation=100, status=status, winner="tb", endpoint_id="e0"))
+    generation = await chat(service, user_with("B"), [Message("system", "Mine."), Message("user", "Hi")])
+    assert generation.experiment is None
+    assert pool.prompts == ["<|im_start|>system\nMine.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+                            "<|im_start|>assistant"]
+    assert [o.experiment_id for o in outcomes.recorded] == [""]
 
 
 @pytest.mark.parametrize("template, reason", [("{{ 1 // 0 }}", "TEMPLATE_ERROR"), ("   ", None)])

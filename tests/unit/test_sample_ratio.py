@@ -127,9 +127,9 @@ def test_the_variant_stats_say_how_many_users():
     at = datetime(2025, 1, 15, 10, 30, tzinfo=timezone.utc)
     experiment = Experiment(
         id=uuid.UUID(THIRTY_ON_B), template_a_id="template-A", template_b_id="template-B", template_a_content="a",
-        template_b_content="b", allocation=50, metric="latency_ms", endpoint="chat", model_type="chat",
-        status=ExperimentStatus.RUNNING, winner_template_id="", notes="", created_by="rita", created_at=at,
-        concluded_by="", concluded_at=None)
+        template_b_content="b", allocation=50, metric="latency_ms", endpoint="chat", endpoint_id="e1",
+        model_type="chat", status=ExperimentStatus.RUNNING, winner_template_id="", notes="", created_by="rita",
+        created_at=at, concluded_by="", concluded_at=None)
 
     message = experiment_to_proto(experiment, analyze(a, b, metric="latency_ms", allocation=50))
 

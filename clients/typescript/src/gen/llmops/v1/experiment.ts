@@ -137,7 +137,7 @@ export interface Experiment {
   metric: string;
   /** Endpoint name (as in /serve/{name}) the experiment runs on. */
   endpoint: string;
-  /** running | concluded */
+  /** running | concluded | stopped (its endpoint was deleted: no winner) */
   status: string;
   winnerTemplateId: string;
   notes: string;
@@ -150,6 +150,11 @@ export interface Experiment {
   concludedBy: string;
   /** chat | completion: the model type of the endpoint and both templates. */
   modelType: string;
+  /**
+   * The id of the endpoint the experiment was created on: it applies to that
+   * endpoint only, never to a later endpoint of the same name.
+   */
+  endpointId: string;
 }
 
 export interface CreateExperimentRequest {
@@ -194,6 +199,10 @@ export interface Outcome {
   latencyMs: number;
   promptTokens: number;
   completionTokens: number;
+  /**
+   * The platform or the model failed the request (a 5xx status). Requests the
+   * caller made fail (4xx, or cancelled) are not outcomes of an experiment.
+   */
   error: boolean;
   /** Set when a user rates the answer later. */
   feedbackScore?: number | undefined;
@@ -208,6 +217,10 @@ export interface RecordFeedbackRequest {
    * (chatcmpl-<request id>).
    */
   requestId: string;
+  /**
+   * From -100 to 100 (a thumbs -1/1, a 1-5 rating, a percentage all fit);
+   * only while the experiment runs.
+   */
   score?: number | undefined;
 }
 
@@ -1138,6 +1151,7 @@ function createBaseExperiment(): Experiment {
     recommendation: undefined,
     concludedBy: "",
     modelType: "",
+    endpointId: "",
   };
 }
 
@@ -1193,6 +1207,9 @@ export const Experiment: MessageFns<Experiment> = {
     }
     if (message.modelType !== "") {
       writer.uint32(138).string(message.modelType);
+    }
+    if (message.endpointId !== "") {
+      writer.uint32(146).string(message.endpointId);
     }
     return writer;
   },
@@ -1346,6 +1363,14 @@ export const Experiment: MessageFns<Experiment> = {
             message.modelType = reader.string();
             continue;
           }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.endpointId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1411,6 +1436,11 @@ export const Experiment: MessageFns<Experiment> = {
         : isSet(object.model_type)
         ? globalThis.String(object.model_type)
         : "",
+      endpointId: isSet(object.endpointId)
+        ? globalThis.String(object.endpointId)
+        : isSet(object.endpoint_id)
+        ? globalThis.String(object.endpoint_id)
+        : "",
     };
   },
 
@@ -1467,6 +1497,9 @@ export const Experiment: MessageFns<Experiment> = {
     if (message.modelType !== "") {
       obj.modelType = message.modelType;
     }
+    if (message.endpointId !== "") {
+      obj.endpointId = message.endpointId;
+    }
     return obj;
   },
 
@@ -1496,6 +1529,7 @@ export const Experiment: MessageFns<Experiment> = {
       : undefined;
     message.concludedBy = object.concludedBy ?? "";
     message.modelType = object.modelType ?? "";
+    message.endpointId = object.endpointId ?? "";
     return message;
   },
 };
@@ -3021,7 +3055,7 @@ export const ExperimentServiceService = {
     responseDeserialize: (value: Buffer): Feedback => Feedback.decode(value),
   },
   /**
-   * The audit log of experiments: who created or concluded which, and when.
+   * The audit log of experiments: who created, concluded or stopped which, and when.
    * Filters: actor, resourceType, resourceId, action, since, until.
    */
   listAuditRecords: {
@@ -3076,7 +3110,7 @@ export interface ExperimentServiceServer extends UntypedServiceImplementation {
    */
   recordFeedback: handleUnaryCall<RecordFeedbackRequest, Feedback>;
   /**
-   * The audit log of experiments: who created or concluded which, and when.
+   * The audit log of experiments: who created, concluded or stopped which, and when.
    * Filters: actor, resourceType, resourceId, action, since, until.
    */
   listAuditRecords: handleUnaryCall<ListAuditRecordsRequest, ListAuditRecordsResponse>;
@@ -3171,7 +3205,7 @@ export interface ExperimentServiceClient extends Client {
     callback: (error: ServiceError | null, response: Feedback) => void,
   ): ClientUnaryCall;
   /**
-   * The audit log of experiments: who created or concluded which, and when.
+   * The audit log of experiments: who created, concluded or stopped which, and when.
    * Filters: actor, resourceType, resourceId, action, since, until.
    */
   listAuditRecords(
