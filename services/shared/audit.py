@@ -85,7 +85,11 @@ def _time(value: str, field: str) -> datetime | None:
     if parsed.tzinfo is None:
         raise InvalidArgument(f"{field} needs a time zone (e.g. 2026-11-25T09:00:00Z): {value[:64]!r}",
                               reason="INVALID_TIME")
-    return as_utc(parsed)
+    try:
+        return as_utc(parsed)
+    except OverflowError as exc:  # 0001-01-01T00:00:00+14:00 is in year 0 in UTC, which datetime cannot hold
+        raise InvalidArgument(f"{field} is outside the years 1 to 9999 in UTC: {value[:64]!r}",
+                              reason="INVALID_TIME") from exc
 
 
 def _text(value: str, field: str, max_length: int = MAX_USER_ID_LENGTH) -> str | None:
@@ -160,8 +164,12 @@ async def list_page(engine: Engine, table: type[AuditRecordBase], request: audit
 
 
 def _cursor(position: object) -> tuple[datetime, uuid.UUID]:
+    """The (at, id) of a token's position; whatever else a forged token holds is a 400, not a 500
+    (uuid.UUID(12345) is an AttributeError, a year-1 time at +14:00 an OverflowError)."""
     try:
         at, record_id = position  # type: ignore[misc]
+        if not isinstance(at, str) or not isinstance(record_id, str):
+            raise TypeError("the position is two strings")
         return as_utc(datetime.fromisoformat(at)), uuid.UUID(record_id)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidArgument("pageToken is not a token this API issued", reason="INVALID_PAGE_TOKEN") from exc

@@ -23,6 +23,8 @@ MAX_PAGE_SIZE = 1000
 # about six times its binary size (a string of control characters, each escaped as \u00XX), so a
 # page stays well under the gateway's 16 MiB response limit.
 MAX_PAGE_BYTES = 1 << 20
+# OFFSET is a signed 64-bit integer in SQLite and PostgreSQL: a forged token's larger offset was a 500.
+MAX_OFFSET = (1 << 63) - 1
 
 
 def page_size(requested: int) -> int:
@@ -43,7 +45,7 @@ def decode_position(token: str, query: dict) -> object:
         data = json.loads(base64.urlsafe_b64decode(token.encode()))
         position = data["o"]
         same_query = data["q"] == json.loads(json.dumps(query, sort_keys=True))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: a forged, deeply nested one
         raise InvalidArgument("pageToken is not a token this API issued", reason="INVALID_PAGE_TOKEN") from exc
     if not same_query:
         raise InvalidArgument("pageToken belongs to a different query", reason="INVALID_PAGE_TOKEN")
@@ -55,7 +57,7 @@ def decode_token(token: str, query: dict) -> int:
     if not token:
         return 0
     offset = decode_position(token, query)
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_OFFSET:
         raise InvalidArgument("pageToken is not a token this API issued", reason="INVALID_PAGE_TOKEN")
     return offset
 
