@@ -236,8 +236,11 @@ HPAS = kmock.resource("autoscaling", "v2", "horizontalpodautoscalers")
 INGRESSES = kmock.resource("networking.k8s.io", "v1", "ingresses")
 ENDPOINT_SLICES = kmock.resource("discovery.k8s.io", "v1", "endpointslices")
 LEASES = kmock.resource("coordination.k8s.io", "v1", "leases")
+NETWORK_POLICIES = kmock.resource("networking.k8s.io", "v1", "networkpolicies")
+SECRETS = kmock.resource("", "v1", "secrets")
 RESOURCES = {"Deployment": DEPLOYMENTS, "Service": SERVICES, "HorizontalPodAutoscaler": HPAS,
-             "Ingress": INGRESSES, "EndpointSlice": ENDPOINT_SLICES, "Lease": LEASES}
+             "Ingress": INGRESSES, "EndpointSlice": ENDPOINT_SLICES, "Lease": LEASES,
+             "NetworkPolicy": NETWORK_POLICIES, "Secret": SECRETS}
 SERVER_FIELDS = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields")
 HPA_FIELD_MANAGER = "kube-controller-manager"  # the HorizontalPodAutoscaler controller's scale updates
 

@@ -11,7 +11,14 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
+from shared.settings import REPLICA_KEY_METADATA, Settings
+
 RESPONSE_TIMEOUT_S = 60.0
+
+
+def replica_headers(settings: Settings) -> dict[str, str]:
+    """What the router presents to a replica the platform started (Settings.replica_key), as gRPC metadata."""
+    return {REPLICA_KEY_METADATA: settings.replica_key()}
 
 
 @dataclass
@@ -60,14 +67,16 @@ class Response:
         return value.decode() if isinstance(value, bytes) else int(value)
 
 
-def stream_call(triton: Triton, inputs: list, *, cancel_after: int | None = None) -> list[Response]:
+def stream_call(triton: Triton, inputs: list, *, cancel_after: int | None = None,
+                headers: dict[str, str] | None = None) -> list[Response]:
     """Send one request over a gRPC stream (decoupled models take no unary ModelInfer);
     collect its responses up to the final one. Raises InferenceServerException on an error
-    response. With cancel_after=n, cancel the request after n responses."""
+    response. With cancel_after=n, cancel the request after n responses. `headers`: gRPC
+    metadata, such as the replica key a platform's replica demands (replica_headers)."""
     responses: queue.Queue = queue.Queue()
     client = grpcclient.InferenceServerClient(triton.url)
     try:
-        client.start_stream(callback=lambda result, error: responses.put((result, error)))
+        client.start_stream(callback=lambda result, error: responses.put((result, error)), headers=headers)
         client.async_stream_infer(triton.llm, inputs)
         got: list[Response] = []
         while True:

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                             grace_s=settings.shutdown_grace_s + 5, say=output.say, on_line=output.line)
     if settings.supervisor_metrics_port:
         try:
-            start_http_server(settings.supervisor_metrics_port, addr="127.0.0.1")
+            start_http_server(settings.supervisor_metrics_port, addr=settings.metrics_address)
         except OSError as exc:  # metrics are worth a warning, not a platform that does not start
             output.say(f"no /metrics on port {settings.supervisor_metrics_port}: {exc}")
     for sig in (signal.SIGINT, signal.SIGTERM):

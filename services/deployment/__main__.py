@@ -10,7 +10,7 @@ from .server import make_runtime, prepare_database, start
 async def main() -> None:
     settings = get_settings()
     configure_logging(level=settings.log_level, json=settings.log_json)
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.metrics_address)
     engine = prepare_database(settings)
     running, service = await start(settings, engine=engine, runtime=make_runtime(settings))
     await run_until_signalled(running, grace=settings.shutdown_grace_s, on_stop=service.close)

@@ -85,7 +85,7 @@ async def start(settings: Settings, *, engine: Engine, port: int | None = None) 
 async def main() -> None:
     settings = get_settings()
     configure_logging(level=settings.log_level, json=settings.log_json)
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.metrics_address)
     engine = prepare_database(settings)
     started = await start(settings, engine=engine)
 

@@ -37,7 +37,7 @@ async def start(settings: Settings, *, engine: Engine, port: int | None = None) 
 async def main() -> None:
     settings = get_settings()
     configure_logging(level=settings.log_level, json=settings.log_json)
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.metrics_address)
     engine = prepare_database(settings)
     running = await start(settings, engine=engine)
     await run_until_signalled(running, grace=settings.shutdown_grace_s, on_stop=engine.dispose)

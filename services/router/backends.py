@@ -26,6 +26,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import deserialize_bytes_tensor, triton_to_np_dtype
 
 from shared.errors import InvalidArgument, Unavailable
+from shared.settings import REPLICA_KEY_METADATA
 
 from .admission import Admission
 from .routes import RouteTable
@@ -127,11 +128,13 @@ def _text(value: bytes) -> str:
 
 
 class ReplicaChannel:
-    """One replica's channel, and the KServe stub on it."""
+    """One replica's channel, the KServe stub on it, and the metadata of every call: the replica key,
+    without which a replica refuses inference (Settings.replica_key)."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, replica_key: str = "") -> None:
         self.channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+        self.metadata = ((REPLICA_KEY_METADATA, replica_key),) if replica_key else ()
 
     async def close(self) -> None:
         await self.channel.close()
@@ -271,7 +274,8 @@ class ReplicaPool:
         async with self._lease(address) as client:
             # Not Triton's triton_grpc_error header (errors as gRPC statuses): in 2.51, streams ending
             # with an error status at once now and then segfault the server. Errors come as messages.
-            responses = client.stub.ModelStreamInfer()  # written here: no task to drain a request iterator
+            # Written here: no task to drain a request iterator.
+            responses = client.stub.ModelStreamInfer(metadata=client.metadata)
             received = False
             # Cancel the call only while it is open. A cancel racing the end of a call is a known way to
             # crash Triton 2.51 (server#8078): once the last response is in, the call's status is read instead.
@@ -328,7 +332,7 @@ class ReplicaPool:
         async with self._lease(address) as client:
             try:
                 # Cancelling this call (the request's deadline, or its client gone) cancels it on the replica.
-                response = await client.stub.ModelInfer(request)
+                response = await client.stub.ModelInfer(request, metadata=client.metadata)
             except grpc.aio.AioRpcError as exc:  # the gRPC code, and Triton's message as its details
                 raise self._call_failed(address, exc, _triton_error) from exc
             outputs = _outputs(response)

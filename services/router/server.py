@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from llmops.v1 import inference_pb2, inference_pb2_grpc
 from shared.server import RunningServer, Servicer, start_server
 from shared.settings import Settings
 
-from .backends import ReplicaPool
+from .backends import ReplicaChannel, ReplicaPool
 from .limits import RateLimiter
 from .experiments import ExperimentTable
 from .experiments import follow as follow_experiments
@@ -56,7 +57,8 @@ def outcome_sink(settings: Settings, port: int) -> OutcomeSink:
 async def start(settings: Settings, *, port: int | None = None) -> Router:
     port = settings.router_port if port is None else port
     table = RouteTable(environments=tuple(settings.environments), default_environment=settings.environment)
-    pool, experiments = ReplicaPool(), ExperimentTable()
+    pool = ReplicaPool(client_factory=functools.partial(ReplicaChannel, replica_key=settings.replica_key()))
+    experiments = ExperimentTable()
     pool.follow_table(table)
     limiter = RateLimiter(settings.rate_limit_per_minute, settings.redis_url)
     outcomes = outcome_sink(settings, port)

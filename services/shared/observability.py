@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from wsgiref.simple_server import WSGIServer
 
 import structlog
 from prometheus_client import Counter, Histogram, start_http_server
@@ -47,13 +48,18 @@ def configure_logging(*, level: str = "INFO", json: bool = True) -> None:
     )
 
 
-def serve_metrics(port: int) -> None:
-    """Expose /metrics on port (0: disabled). A port that is taken costs the metrics, not the service."""
-    if port:
-        try:
-            start_http_server(port)
-        except OSError as exc:
-            structlog.get_logger().warning("no /metrics: the port is taken", port=port, error=str(exc))
+def serve_metrics(port: int, address: str = "127.0.0.1") -> WSGIServer | None:
+    """Expose /metrics on address:port (port 0: disabled); the server, to shut it down. Loopback unless
+    settings.metrics_address opens it: a scraper elsewhere is the exception. A port that is taken costs
+    the metrics, not the service."""
+    if not port:
+        return None
+    try:
+        server, _ = start_http_server(port, addr=address)
+    except OSError as exc:
+        structlog.get_logger().warning("no /metrics: the port is taken", port=port, address=address, error=str(exc))
+        return None
+    return server
 
 
 def request_id_metadata() -> tuple[tuple[str, str], ...]:

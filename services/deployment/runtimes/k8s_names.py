@@ -8,6 +8,8 @@ Objects of one endpoint (names fixed by the seed document, section 7)::
     HorizontalPodAutoscaler  serving-<endpoint-id>-hpa
     Service (ExternalName)   serving-<endpoint-id>-gateway  the platform's Envoy gateway Service
     Ingress                  serving-<endpoint-id>-ingress  the route -> serving-<endpoint-id>-gateway
+    NetworkPolicy            serving-<endpoint-id>          its pods answer the router (gRPC) and Prometheus
+    Secret                   serving-<endpoint-id>-replica-key  the key Triton demands (Settings.replica_key)
 
 in ``settings.kubernetes_namespaces.get(environment, settings.kubernetes_namespace)``.
 Shared by the manifest builders (which write them) and the status reader (which reads them back).
@@ -37,6 +39,15 @@ ANNOTATION_MODEL_ID = "llmops.dev/model-id"
 ANNOTATION_MODEL = "llmops.dev/model"
 ANNOTATION_TRITON_MODEL = "llmops.dev/triton-model"
 ANNOTATION_ROUTE = "llmops.dev/route"
+ANNOTATION_REPLICA_KEY_DIGEST = "llmops.dev/replica-key-sha256"
+
+# The pods allowed to call a serving pod's gRPC port, in the platform's namespace (deploy/kubernetes/base),
+# and the namespace whose Prometheus scrapes its metrics port, as base/network-policies.yaml has it.
+ROUTER_POD_LABELS = {"app.kubernetes.io/name": "router", "app.kubernetes.io/part-of": "llmops"}
+MONITORING_NAMESPACE = "monitoring"
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+REPLICA_KEY_ENV = "REPLICA_KEY"
+REPLICA_KEY_SECRET_KEY = "replica-key"
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
@@ -64,6 +75,14 @@ def hpa_name(endpoint_id: str) -> str:
 
 def ingress_name(endpoint_id: str) -> str:
     return f"{deployment_name(endpoint_id)}-ingress"
+
+
+def network_policy_name(endpoint_id: str) -> str:
+    return deployment_name(endpoint_id)
+
+
+def replica_key_secret_name(endpoint_id: str) -> str:
+    return f"{deployment_name(endpoint_id)}-replica-key"
 
 
 def namespace_for(settings: Settings, environment: str) -> str:

@@ -8,7 +8,8 @@ Python-backend stub built for its Python), so the pod runs it twice (k8s_manifes
         the init container: the model repository, as the local runtime writes it
     python -m deployment.runtimes.k8s_replica serve --model-repository=... --http-port=... ...
         the triton container: lays out the Triton home under $TMPDIR (the pod's
-        root filesystem is read-only) and execs tritonserver on every interface
+        root filesystem is read-only) and execs tritonserver on every interface,
+        demanding --replica-key (from the endpoint's Secret) on every API but health
 
 A bad model or a missing package ends the init container with the reason on stderr and
 a non-zero status, so the pod never gets ready and the revision fails visibly.
@@ -36,11 +37,13 @@ def write(repository: Path, model_json: str) -> str:
     return triton.write_model_repository(repository, model)
 
 
-def serve_command(repository: Path, *, http_port: int, grpc_port: int, metrics_port: int,
+def serve_command(repository: Path, *, http_port: int, grpc_port: int, metrics_port: int, replica_key: str,
                   home: Path) -> tuple[list[str], dict[str, str]]:
-    """tritonserver's argv and environment, bound to every interface (kubelet probes, the router)."""
+    """tritonserver's argv and environment, bound to every interface (kubelet probes, the router,
+    Prometheus; the endpoint's NetworkPolicy says who may connect)."""
     return triton.triton_command(triton.prepare_triton_home(home), repository, grpc_port=grpc_port,
-                                 http_port=http_port, metrics_port=metrics_port, address="0.0.0.0")
+                                 http_port=http_port, metrics_port=metrics_port, replica_key=replica_key,
+                                 address="0.0.0.0", http_address="0.0.0.0", metrics_address="0.0.0.0")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-repository", type=Path, required=True)
     for port in ("http", "grpc", "metrics"):
         serve.add_argument(f"--{port}-port", type=int, required=True)
+    serve.add_argument("--replica-key", required=True, help="what every API but health demands")
     return parser
 
 
@@ -65,8 +69,12 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"model repository not written: {exc}")
         print(f"model repository written: {args.repository / name}")
         return
-    command, env = serve_command(args.model_repository, http_port=args.http_port, grpc_port=args.grpc_port,
-                                 metrics_port=args.metrics_port, home=Path(tempfile.gettempdir()) / "triton")
+    try:
+        command, env = serve_command(args.model_repository, http_port=args.http_port, grpc_port=args.grpc_port,
+                                     metrics_port=args.metrics_port, replica_key=args.replica_key,
+                                     home=Path(tempfile.gettempdir()) / "triton")
+    except ValueError as exc:  # an empty key: the Secret's value did not reach the container
+        sys.exit(f"tritonserver not started: {exc}")
     os.execve(command[0], command, env)
 
 

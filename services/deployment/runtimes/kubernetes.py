@@ -1,4 +1,4 @@
-"""The Kubernetes serving runtime: one endpoint revision = five objects, server-side applied.
+"""The Kubernetes serving runtime: one endpoint revision = seven objects, server-side applied.
 
 This module does the I/O with the official ``kubernetes`` client; what is sent
 comes from k8s_manifests (pure builders), what is read back is judged by
@@ -25,7 +25,7 @@ ServingRuntime protocol asks for) makes apply() poll the Deployment every
 (updatedReplicas == availableReplicas == replicas, no old pods left), raising
 RuntimeFailure on Progressing=False / ReplicaFailure or after
 ``settings.triton_ready_timeout_s``. With ``wait_for_rollout=False`` apply()
-returns once the four objects are applied and the caller polls status(), which
+returns once the seven objects are applied and the caller polls status(), which
 says deploying until the Deployment's status says otherwise.
 
 Replicas the router calls. status() reports one replica per ready pod (podIP:8001),
@@ -52,7 +52,7 @@ from .base import Health, RuntimeFailure, RuntimeStatus, ServingSpec
 from .k8s_manifests import build_manifests, build_replicas_handover
 from .k8s_names import (
     FIELD_MANAGER, HANDOVER_FIELD_MANAGER, candidate_namespaces, deployment_name, gateway_service_name, hpa_name,
-    ingress_name, namespace_for, service_name)
+    ingress_name, namespace_for, network_policy_name, replica_key_secret_name, service_name)
 from .k8s_slices import SERVICE_NAME_LABEL, SERVING_PREFIX, EndpointSliceWatch, list_slices, slices_of
 from .k8s_status import (
     applies_replicas, assess_deployment, desired_replicas, observed_generation, revision_of, rolled_out,
@@ -181,7 +181,7 @@ class KubernetesRuntime:
         return slices_of(listed.get("items") or [], service)
 
     def _operations(self, kind: str) -> tuple[Call, Call, Call]:
-        """(patch, read, delete) of the typed API for one of the four kinds."""
+        """(patch, read, delete) of the typed API for one of the kinds an endpoint is made of."""
         api_client = self._client()
         if kind == "Deployment":
             apps = k8s.AppsV1Api(api_client)
@@ -199,22 +199,30 @@ class KubernetesRuntime:
             networking = k8s.NetworkingV1Api(api_client)
             return (networking.patch_namespaced_ingress, networking.read_namespaced_ingress,
                     networking.delete_namespaced_ingress)
+        if kind == "NetworkPolicy":
+            networking = k8s.NetworkingV1Api(api_client)
+            return (networking.patch_namespaced_network_policy, networking.read_namespaced_network_policy,
+                    networking.delete_namespaced_network_policy)
+        if kind == "Secret":
+            core = k8s.CoreV1Api(api_client)
+            return core.patch_namespaced_secret, core.read_namespaced_secret, core.delete_namespaced_secret
         raise ValueError(f"unsupported kind {kind}")
 
     def _apply_revision(self, spec: ServingSpec, namespace: str) -> dict[str, Any]:
-        """Server-side apply the five objects (replicas as the module docstring says); the applied Deployment."""
+        """Server-side apply the seven objects (replicas as the module docstring says); the applied Deployment."""
         current = self._read_deployment(namespace, deployment_name(spec.endpoint_id))
         if current is not None and applies_replicas(current, FIELD_MANAGER):
             self._hand_over_replicas(spec.endpoint_id, namespace, desired_replicas(current))
-        applied = []
+        deployment: dict[str, Any] = {}
         for manifest in build_manifests(spec, self._settings, deployment_exists=current is not None):
             try:
-                applied.append(self._apply_object(manifest))
+                applied = self._apply_object(manifest)
             except k8s.ApiException as exc:
                 meta = manifest["metadata"]
                 raise RuntimeFailure(f"server-side apply of {manifest['kind']} {meta['namespace']}/{meta['name']} "
                                      f"failed: {_api_error(exc)}") from exc
-        return applied[0]
+            deployment = applied if manifest["kind"] == "Deployment" else deployment
+        return deployment
 
     def _apply_object(self, manifest: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -290,7 +298,9 @@ class KubernetesRuntime:
     def _delete_all(self, endpoint_id: str) -> None:
         objects = [("Ingress", ingress_name(endpoint_id)), ("Service", gateway_service_name(endpoint_id)),
                    ("HorizontalPodAutoscaler", hpa_name(endpoint_id)), ("Service", service_name(endpoint_id)),
-                   ("Deployment", deployment_name(endpoint_id))]
+                   ("Deployment", deployment_name(endpoint_id)),  # then what its pods needed
+                   ("NetworkPolicy", network_policy_name(endpoint_id)),
+                   ("Secret", replica_key_secret_name(endpoint_id))]
         for namespace in self._namespaces_of(endpoint_id):
             for kind, name in objects:
                 _, _, delete = self._operations(kind)

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -180,8 +181,10 @@ def stop_all(root: Path) -> int:
 
 
 def stop_procs(procs: list[psutil.Process], timeout: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM each process's group, SIGKILL the groups after timeout (a stub ignores SIGTERM)."""
+    """SIGTERM each process's group, SIGKILL the groups after timeout (a stub ignores SIGTERM), then
+    remove their shared-memory regions (Triton removes them on a clean exit only)."""
     groups = {_group_of(proc) for proc in procs} - {None}
+    prefixes = {prefix for proc in procs if (prefix := triton.shm_prefix_of(_cmdline(proc)))}
     for group in groups:
         _signal_group(group, signal.SIGTERM if timeout > 0 else signal.SIGKILL)
     deadline = time.monotonic() + timeout
@@ -193,6 +196,15 @@ def stop_procs(procs: list[psutil.Process], timeout: float = STOP_TIMEOUT_S) -> 
         if _running(proc):
             with contextlib.suppress(psutil.Error):
                 proc.kill()
+    for prefix in prefixes:
+        triton.remove_shared_memory(prefix)
+
+
+def _cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
 
 
 def _running(proc: psutil.Process) -> bool:
@@ -225,6 +237,9 @@ class LocalRuntime:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._root = Path(settings.serving_dir).resolve()
+        # What the replicas demand on every API but health, and the router sends (Settings.replica_key).
+        # Without a service token no router is given a route: a key nobody holds.
+        self._replica_key = settings.replica_key() or secrets.token_hex(32)
         self._states: dict[str, EndpointState] = {}
         self._home: triton.TritonHome | None = None
         self._loop_task: asyncio.Task | None = None
@@ -344,9 +359,11 @@ class LocalRuntime:
         assert self._home is not None
         replica_id = f"r{revision}-{uuid.uuid4().hex[:6]}"
         ports = dict(zip(("grpc_port", "http_port", "metrics_port"), _free_ports(3), strict=True))
+        # gRPC where the router reaches it; HTTP (the readiness checks here) on loopback.
         argv, env = triton.triton_command(
-            self._home, repository / "models", address=triton.bind_address(self._settings.serving_advertise_host),
-            **ports)
+            self._home, repository / "models", replica_key=self._replica_key,
+            address=triton.bind_address(self._settings.serving_advertise_host),
+            metrics_address=self._settings.metrics_address, **ports)
         log_path = self._root / endpoint_id / f"{replica_id}.log"
         # Spawned, not a subprocess.Popen: a replica outlives the runtime that started it (the next
         # one adopts it), and the Replica reaps its own child (os.waitpid).
@@ -365,6 +382,8 @@ class LocalRuntime:
         pending = list(replicas)
         while pending:
             for replica in list(pending):
+                # As soon as the model's load made them: before any request can be routed to it.
+                await asyncio.to_thread(triton.protect_shared_memory, triton.shm_prefix(replica.grpc_port))
                 if not replica.alive():
                     raise RuntimeFailure(f"replica exited during start-up{_exit_status(replica)}: "
                                          f"{_startup_failure(replica.log_path)}")
@@ -391,6 +410,10 @@ class LocalRuntime:
         deadline = time.monotonic() + 5
         while replica.alive() and time.monotonic() < deadline:  # reaps our child; init reaps an adopted one
             await asyncio.sleep(0.05)
+        if not replica.alive():  # Triton removes its regions on a clean exit only
+            removed = await asyncio.to_thread(triton.remove_shared_memory, triton.shm_prefix(replica.grpc_port))
+            if removed:
+                log.info("removed a stopped replica's shared memory", replica=replica.id, regions=len(removed))
 
     # state ---------------------------------------------------------------------------------------------------
 
@@ -421,8 +444,15 @@ class LocalRuntime:
             replica = Replica(**raw)
             try:
                 replica.ps = psutil.Process(replica.pid)
-                same = any(replica.repository in part for part in replica.ps.cmdline())
+                cmdline = replica.ps.cmdline()
+                same = any(replica.repository in part for part in cmdline)
             except psutil.Error:
+                same, cmdline = False, []
+            if same and not set(triton.restricted_api_flags(self._replica_key)) <= set(cmdline):
+                # Started by a version without the key, or under another service token: the router could
+                # not call it. Not adopted: start() stops it, and the reconcile loop starts a replacement.
+                log.warning("replica not adopted: it does not demand the current replica key", endpoint=endpoint_id,
+                            replica=replica.id, pid=replica.pid)
                 same = False
             if same and replica.alive():
                 replica.ready = await _http_ready(replica.http_port)
@@ -483,6 +513,8 @@ class LocalRuntime:
                 await self._stop(replica, grace_s=0)
                 changed = True
                 continue
+            # Before it counts as ready (a replacement starting here, or one adopted from an older version).
+            await asyncio.to_thread(triton.protect_shared_memory, triton.shm_prefix(replica.grpc_port))
             ready = await _http_ready(replica.http_port)
             if ready and not replica.model_processes:  # became ready here (a restart) or adopted
                 replica.model_processes = await asyncio.to_thread(replica.running_model_processes)

@@ -13,6 +13,7 @@ Triton model names (fixed per kind, so a repository holds at most one of each):
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import ipaddress
 import os
@@ -28,6 +29,7 @@ from string import Template
 from urllib.parse import unquote, urlparse
 
 from shared.model_limits import DEFAULT_CONTEXT_LENGTH, EmbeddingLimits
+from shared.settings import REPLICA_KEY_HEADER
 
 from ..domain import ModelSnapshot
 
@@ -47,6 +49,12 @@ SHM_GROWTH_BYTES = 4 * 1024 * 1024
 # prompt tokens, and more than one generated token.
 WARMUP_PROMPT = "Hello! In one short sentence, what does a language model do?"
 WARMUP_MAX_TOKENS = 4
+# Every API of Triton's but health (which the runtime's readiness checks and the kubelet's probes
+# use) answers only a caller with the replica key: the router, whose only calls are inferences.
+RESTRICTED_APIS = ("metadata", "inference", "shared-memory", "model-config", "model-repository", "statistics",
+                   "trace", "logging")
+SHM_DIR = Path("/dev/shm")
+SHM_NAME_PREFIX = "llmops_triton_"  # every replica's regions, then its gRPC port (shm_prefix)
 
 
 @dataclass(frozen=True)
@@ -285,9 +293,9 @@ def write_model_repository(dest: Path, model: ModelSnapshot, *, replicas: int = 
 
 
 def bind_address(advertise_host: str) -> str:
-    """What a replica binds so that the address it is advertised under reaches it: 127.0.0.1 (this
-    machine only, where the runtime's readiness checks look) for a loopback host; every interface
-    for any other (a container's name, which other containers resolve to this one)."""
+    """What a replica's gRPC port binds so that the address it is advertised under reaches it: 127.0.0.1
+    (this machine only) for a loopback host; every interface for any other (a container's name, which
+    other containers resolve to this one)."""
     try:
         loopback = advertise_host == "localhost" or ipaddress.ip_address(advertise_host).is_loopback
     except ValueError:  # a host name
@@ -297,19 +305,68 @@ def bind_address(advertise_host: str) -> str:
 
 def shm_prefix(grpc_port: int) -> str:
     """Name prefix of the /dev/shm regions of the replica listening on `grpc_port`."""
-    return f"llmops_triton_{grpc_port}_"
+    return f"{SHM_NAME_PREFIX}{grpc_port}_"
+
+
+def shm_prefix_of(argv: Sequence[str]) -> str | None:
+    """What names the shared-memory regions of a replica's process, from its argv: the prefix a
+    tritonserver was started with (triton_command's), or the one region a Python-backend stub was
+    given (its second argument), which outlives a tritonserver killed alone."""
+    flag = "--backend-config=python,shm-region-prefix-name="
+    if (prefix := next((arg.removeprefix(flag) for arg in argv if arg.startswith(flag)), None)) is not None:
+        return prefix
+    stub = len(argv) > 2 and os.path.basename(argv[0]) == "triton_python_backend_stub"
+    return argv[2] if stub and argv[2].startswith(SHM_NAME_PREFIX) else None
+
+
+def protect_shared_memory(prefix: str) -> None:
+    """Make the replica's regions readable by this user alone: they hold prompts and outputs.
+
+    Not its umask: the Python backend creates them through boost.interprocess, which fchmods a new
+    region to 0644 whatever the umask. So the runtime does it once they exist (during the model's
+    load, before any request); a local user who opened one in between keeps what they opened, which
+    only a /dev/shm of the replica's own prevents (a container: compose, Kubernetes)."""
+    for region in SHM_DIR.glob(f"{prefix}*"):
+        with contextlib.suppress(FileNotFoundError):
+            region.chmod(0o600)
+
+
+def remove_shared_memory(prefix: str) -> list[Path]:
+    """Unlink the regions of a replica that is gone: Triton removes them on a clean shutdown only, and a
+    killed replica's (4 MiB each) would stay until the machine restarts. What was removed."""
+    removed = []
+    for region in SHM_DIR.glob(f"{prefix}*"):
+        with contextlib.suppress(FileNotFoundError):
+            region.unlink()
+            removed.append(region)
+    return removed
+
+
+def restricted_api_flags(replica_key: str) -> list[str]:
+    """Triton's flags that refuse every API but health, over HTTP and gRPC, to a caller without
+    `replica_key` in REPLICA_KEY_HEADER (REPLICA_KEY_METADATA over gRPC, where Triton prefixes it):
+    a 403 over HTTP, UNAVAILABLE over gRPC."""
+    apis = ",".join(RESTRICTED_APIS)
+    return [f"--http-restricted-api={apis}:{REPLICA_KEY_HEADER}={replica_key}",
+            f"--grpc-restricted-protocol={apis}:{REPLICA_KEY_HEADER}={replica_key}"]
 
 
 def triton_command(home: TritonHome, repository: Path, *, grpc_port: int, http_port: int, metrics_port: int,
-                   address: str = "127.0.0.1", base_env: Mapping[str, str] | None = None,
+                   replica_key: str | None, address: str = "127.0.0.1", http_address: str = "127.0.0.1",
+                   metrics_address: str = "127.0.0.1", base_env: Mapping[str, str] | None = None,
                    ) -> tuple[list[str], dict[str, str]]:
     """argv and complete environment for one replica serving `repository`.
 
     Replicas can run side by side: each gets its own ports, and the Python backend's
     shared-memory regions (/dev/shm/<prefix><uuid>, removed on a clean shutdown) get
     the prefix `shm_prefix(grpc_port)`, so a caller can remove what a killed replica
-    left behind. `base_env` (default: this process's environment) is what the child
+    left behind. Every API but health needs `replica_key` (restricted_api_flags); None, and
+    the replica answers anyone: only for tests of the models themselves. gRPC listens on
+    `address` (where the router reaches it); HTTP, which only health checks use, and metrics on
+    loopback unless said. `base_env` (default: this process's environment) is what the child
     inherits, plus `home.env`."""
+    if replica_key == "":
+        raise ValueError("the replica key is empty: an empty key is no secret")
     argv = [
         str(home.binary),
         f"--model-repository={Path(repository).resolve()}",
@@ -318,10 +375,11 @@ def triton_command(home: TritonHome, repository: Path, *, grpc_port: int, http_p
         "--strict-readiness=true",
         "--exit-on-error=true",
         "--disable-auto-complete-config",
-        f"--http-address={address}", f"--http-port={http_port}",
+        f"--http-address={http_address}", f"--http-port={http_port}",
         f"--grpc-address={address}", f"--grpc-port={grpc_port}",
+        *(restricted_api_flags(replica_key) if replica_key is not None else ()),
         "--allow-metrics=true", "--allow-gpu-metrics=false", "--allow-cpu-metrics=true",
-        f"--metrics-address={address}", f"--metrics-port={metrics_port}",
+        f"--metrics-address={metrics_address}", f"--metrics-port={metrics_port}",
         # CPU only: no pinned host memory or CUDA pools to set up (and no warnings about them).
         "--pinned-memory-pool-byte-size=0",
         f"--backend-config=python,shm-default-byte-size={SHM_DEFAULT_BYTES}",
