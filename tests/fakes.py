@@ -114,6 +114,7 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.calls: list[str] = []  # how each stream ended: "ok" or "cancelled"
         self.prompts: list[str] = []  # each generation's text_input, as the router rendered it
         self.linger_s = 0.0  # how long the call stays open after its last response, as Triton's may
+        self.inputs: frozenset[str] | None = None  # the inputs its model declares (None: any); Triton refuses others
 
     async def ModelStreamInfer(self, request_iterator, context):  # noqa: N802
         try:
@@ -128,9 +129,13 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def _answer(self, request_iterator):  # noqa: ANN001, ANN202
         async for request in request_iterator:
             self.requests += 1
-            behaviour = self.behaviour
             self.prompts += [i.contents.bytes_contents[0].decode() for i in request.inputs if i.name == "text_input"]
-            if behaviour == "model_died":
+            behaviour = self.behaviour
+            undeclared = [i.name for i in request.inputs if self.inputs is not None and i.name not in self.inputs]
+            if undeclared:  # Triton 2.51's words, before the model sees the request
+                yield service_pb2.ModelStreamInferResponse(
+                    error_message=f"unexpected inference input '{undeclared[0]}' for model '{request.model_name}'")
+            elif behaviour == "model_died":
                 yield service_pb2.ModelStreamInferResponse(error_message=model_died(request.model_name))
             elif behaviour == "rejects":  # INVALID_ARG from the model: a stream carries only the message
                 yield service_pb2.ModelStreamInferResponse(error_message="INVALID_ARG: input max_tokens must be "

@@ -140,9 +140,28 @@ class ReplicaChannel:
         await self.channel.close()
 
 
+# Triton's refusal of a tensor its model does not declare (2.51, the echo model sent logit_bias:
+# "unexpected inference input 'logit_bias_values' for model 'llm'"), and the request's parameter
+# behind each of Sampling.optional_inputs: a model without the input cannot honour the parameter.
+_UNEXPECTED_INPUT = re.compile(r"unexpected inference input '([^']*)'")
+OPTIONAL_INPUT_PARAMS = {
+    "random_seed": "seed", "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
+    "guided_decoding_guide_type": "response_format", "guided_decoding_guide": "response_format",
+    "logit_bias_token_ids": "logit_bias", "logit_bias_values": "logit_bias",
+    # Both come of logprobs (on /v1/completions, logprobs: k sets both), and Triton names either.
+    "return_log_probs": "logprobs", "top_logprobs": "logprobs",
+}
+
+
 def _triton_error(message: str) -> Exception:
     """A model error without a status code (what a stream carries): the request's fault or the replica's.
-    The platform's models start a refusal with "INVALID_ARG: "; Triton's own say "invalid" or "required"."""
+    The platform's models start a refusal with "INVALID_ARG: "; Triton's own say "invalid" or "required",
+    or name an input the model lacks (the parameter that sent it is one it cannot honour: a 400, which
+    neither the router nor an SDK retries)."""
+    unexpected = _UNEXPECTED_INPUT.search(message)
+    if unexpected and (param := OPTIONAL_INPUT_PARAMS.get(unexpected[1])):
+        return InvalidArgument(f"{param}: this endpoint's model does not support it (it takes no "
+                               f"{unexpected[1]} input)", reason="UNSUPPORTED_PARAMETER", param=param)
     if message.startswith("INVALID_ARG: ") or "invalid" in message.lower() or "required" in message.lower():
         return InvalidArgument(f"the model rejected the request: {message.removeprefix('INVALID_ARG: ')}",
                                reason="MODEL_REJECTED_INPUT")

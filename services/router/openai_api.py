@@ -30,6 +30,7 @@ log = structlog.get_logger()
 # OpenAI's default for /v1/completions (chat has none: the platform's default applies).
 COMPLETION_DEFAULT_MAX_TOKENS = 16
 MAX_COMPLETION_LOGPROBS = 5  # OpenAI's bound for /v1/completions
+MAX_TOKEN_ID = 2**31 - 1  # the largest a token id tensor (INT32) holds
 # The role OpenAI's newer models take instead of system; it means the same to a chat template.
 ROLE_ALIASES = {"developer": "system"}
 
@@ -92,14 +93,19 @@ class SampledBody(_Body):
         return bool(self.stream_options and self.stream_options.include_usage)
 
     def token_bias(self) -> dict[int, float] | None:
-        """logit_bias with its keys, token ids written as strings in JSON, as ints."""
+        """logit_bias with its keys, token ids written as strings in JSON, as ints. An id goes to the
+        model as an INT32 (logit_bias_token_ids): one beyond that is no token of any vocabulary."""
         if not self.logit_bias:
             return None
         try:
-            return {int(token): value for token, value in self.logit_bias.items()}
+            bias = {int(token): value for token, value in self.logit_bias.items()}
         except ValueError as exc:
             raise InvalidArgument("logit_bias keys must be token ids (integers written as strings)",
                                   reason="INVALID_INPUT", param="logit_bias") from exc
+        if (beyond := next((t for t in bias if not 0 <= t <= MAX_TOKEN_ID), None)) is not None:
+            raise InvalidArgument(f"logit_bias: {beyond} is not a token id (0 to {MAX_TOKEN_ID})",
+                                  reason="INVALID_INPUT", param="logit_bias")
+        return bias
 
     def stop_words(self) -> tuple[str, ...]:
         if self.stop is None:

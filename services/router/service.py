@@ -64,10 +64,12 @@ class Generation:
 
 @dataclass(frozen=True)
 class Answer:
-    """A generation about to run: its chunks, and the experiment that chose its prompt, if any."""
+    """A generation about to run: its chunks, the experiment that chose its prompt, if any, and how
+    many choices of its request may run at once (choice_share)."""
 
     chunks: AsyncIterator[Chunk]
     experiment: Assignment | None
+    share: int = 1
 
 
 def experiment_fields(assignment: Assignment) -> dict[str, str]:
@@ -137,7 +139,7 @@ class InferenceService:
                                   "messages", reason="EMPTY_PROMPT")
         check_prompt_length(route, prompt, "messages")
         return Answer(self._generate(actor, route, prompt, self._sampling(route, sampling), kind="chat",
-                                     buffered=buffered, assignment=assignment), assignment)
+                                     buffered=buffered, assignment=assignment), assignment, choice_share(route))
 
     async def complete_stream(self, *, actor: Identity, name: str, prompt: str, sampling: SamplingRequest,
                               variables: dict[str, Any] | None = None, buffered: bool = False,
@@ -154,7 +156,7 @@ class InferenceService:
                                       f"{name}", reason="EMPTY_PROMPT")
         check_prompt_length(route, prompt, "prompt")
         return Answer(self._generate(actor, route, prompt, self._sampling(route, sampling), kind="completion",
-                                     buffered=buffered, assignment=assignment), assignment)
+                                     buffered=buffered, assignment=assignment), assignment, choice_share(route))
 
     async def _assign(self, route: Route, actor: Identity, kind: str) -> Assignment | None:
         """The experiment that chooses this request's prompt, if any. Experiments name an endpoint of
@@ -382,31 +384,72 @@ def choice_samplings(sampling: SamplingRequest, n: int | None) -> list[SamplingR
             for i in range(n)]
 
 
+def choice_share(route: Route) -> int:
+    """How many choices of one request run at once on route's endpoint: half its ready replicas (each
+    runs one generation at a time), at least one. The others start as these end, so that another
+    request finds a replica free of this one, or waits behind one generation of it, never behind all n."""
+    return max(1, len(route.replicas) // 2)
+
+
+class ChoiceTurns:
+    """The turns of one request's choices: at most `share` run at once, the others start in index order
+    as earlier ones end. After a failure the choices not started never start: they mostly fail together
+    (bad input), and, on no replica yet, have no call to cancel."""
+
+    def __init__(self, share: int) -> None:
+        self._running = asyncio.Semaphore(share)
+        self._failed = False
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[bool]:
+        """Wait for a turn; False when a choice failed meanwhile, and this one is not to run."""
+        async with self._running:
+            if self._failed:
+                yield False
+                return
+            try:
+                yield True
+            except Exception:
+                self._failed = True  # before the turn passes to the next choice
+                raise
+
+
 async def collect_all(service: InferenceService, answers: list[Answer], name: str) -> list[Generation]:
-    """The choices' generations, run side by side; the first failure is raised once all have ended.
-    One failing does not cancel the others: Triton 2.51 can crash on a stream cancelled just as it
-    completes (triton-inference-server/server#8078), and choices mostly fail together (bad input)."""
+    """The choices' generations, taking turns (ChoiceTurns); the first failure is raised once the running
+    ones have ended. One failing does not cancel the others: Triton 2.51 can crash on a stream cancelled
+    just as it completes (triton-inference-server/server#8078), and choices mostly fail together (bad input)."""
     if len(answers) == 1:
         return [await service.collect(answers[0], name)]
-    results = await asyncio.gather(*(service.collect(a, name) for a in answers), return_exceptions=True)
+    turns = ChoiceTurns(answers[0].share)
+
+    async def in_turn(answer: Answer) -> Generation | None:
+        async with turns.turn() as mine:
+            return await service.collect(answer, name) if mine else None
+
+    results = await asyncio.gather(*(in_turn(a) for a in answers), return_exceptions=True)
     if failed := next((r for r in results if isinstance(r, BaseException)), None):
         raise failed
     return results
 
 
 async def merge(answers: list[Answer]) -> AsyncIterator[tuple[int, Chunk]]:
-    """The chunks of the choices' generations as they come, each with its choice's index. After a
-    failure the others run to their end unread (see collect_all); a consumer that goes away cancels them."""
+    """The chunks of the choices' generations as they come, each with its choice's index; the choices
+    take turns (ChoiceTurns). After a failure the running ones run to their end unread and the others
+    never start (see collect_all); a consumer that goes away cancels them."""
     if len(answers) == 1:
         async for chunk in answers[0].chunks:
             yield 0, chunk
         return
     queue: asyncio.Queue[tuple[int, Chunk | BaseException | None]] = asyncio.Queue()
+    turns = ChoiceTurns(answers[0].share)
 
     async def pump(index: int, chunks: AsyncIterator[Chunk]) -> None:
         try:
-            async for chunk in chunks:
-                await queue.put((index, chunk))
+            async with turns.turn() as mine:
+                if not mine:
+                    return
+                async for chunk in chunks:
+                    await queue.put((index, chunk))
             await queue.put((index, None))
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
             await queue.put((index, exc))

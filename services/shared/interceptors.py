@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -50,7 +51,13 @@ def _status_details(code: grpc.StatusCode, message: str, reason: str,
         details.append(violation)
     status = status_pb2.Status(code=code.value[0], message=message, details=details)
     return (("grpc-status-details-bin", status.SerializeToString()),
-            *(((PARAM_KEY, param),) if param else ()))
+            *(((PARAM_KEY, _header_value(param)),) if param else ()))
+
+
+def _header_value(text: str) -> str:
+    """text as a metadata value, which gRPC allows printable ASCII only in: a param can hold the caller's
+    own characters (a logit_bias key), escaped here as JSON escapes them (the status details keep them)."""
+    return text if text.isascii() and text.isprintable() else json.dumps(text)[1:-1]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 
-from ..helpers import ADMIN, assert_envelope
+from ..helpers import ADMIN, approved_echo_model, assert_envelope, assert_refused, openai_post, unique
 
 
 # 2. Embedding input is bounded by what the model takes, before it reaches Triton --------------------------------
@@ -133,3 +133,23 @@ def test_the_largest_embedding_batch_the_api_allows_is_answered(infer, path):
     rows = (payload["data"]["data"] if path.startswith("/llm-ops") else payload["data"])
     assert len(rows) == 256 and {len(row["embedding"]) for row in rows} == {384}
     assert len(r.content) > 1 << 20  # past the 1 MiB that used to turn such an answer into a 500
+
+
+# 9. A parameter the endpoint's model cannot honour is the request's fault, not the replica's -------------------
+
+@pytest.fixture(scope="module")
+def echo_endpoint(infer):
+    """An endpoint of the echo runtime: its model declares no logit-bias or log-probability inputs."""
+    endpoint = infer.deploy_endpoint(unique("echo-params"), approved_echo_model(infer.gateway))
+    yield endpoint["name"]
+    infer.undeploy(endpoint)
+
+
+@pytest.mark.parametrize("fields,param", [({"logit_bias": {"28": 5}}, "logit_bias"), ({"logprobs": True}, "logprobs")])
+def test_a_parameter_the_echo_model_lacks_is_a_400_naming_it(infer, echo_endpoint, fields, param):
+    # Triton refuses the tensor ("unexpected inference input"); that was a 503 that clients retried.
+    body = {"model": echo_endpoint, "messages": [{"role": "user", "content": "one two three"}], "max_tokens": 2}
+    error = assert_refused(openai_post(infer.gateway, "/v1/chat/completions", {**body, **fields}), param)
+    assert "does not support" in error["message"], error
+    plain = openai_post(infer.gateway, "/v1/chat/completions", body)  # the replica still serves
+    assert plain.status_code == 200, plain.text

@@ -125,6 +125,14 @@ def test_a_malformed_body_names_the_field(fake_serving, body, param):
     assert_refused(post(fake_serving, "/v1/chat/completions", body), param)
 
 
+@pytest.mark.parametrize("key,param", [("\u001f", "logit_bias.\\u001f"), ("é\u2028", "logit_bias.\\u00e9\\u2028")])
+def test_a_param_naming_the_callers_own_characters_is_still_a_400(fake_serving, key, param):
+    """gRPC metadata (x-llmops-param, how the gateway learns the param) takes printable ASCII only: a
+    logit_bias key of other characters was a 500 "Invalid metadata" (found by tests/e2e/test_fuzz_rest.py)."""
+    assert_refused(post(fake_serving, "/v1/chat/completions", {"model": CHAT, "messages": HI,
+                                                               "logit_bias": {key: None}}), param)
+
+
 def test_invalid_json_is_a_400_in_openais_shape(fake_serving):
     response = requests.post(f"{fake_serving.gateway.url}/v1/chat/completions", data=b"{nope", timeout=30,
                              headers={**OPENAI_HEADERS, "content-type": "application/json"})

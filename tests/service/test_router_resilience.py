@@ -22,7 +22,7 @@ from router.limits import RateLimiter
 from router.prompting import Message, SamplingRequest
 from router.routes import RouteTable, follow
 from router.server import start as start_router
-from router.service import InferenceService
+from router.service import InferenceService, choice_samplings, merge
 from shared.errors import DeadlineExceeded, InvalidArgument, RateLimited, Unavailable
 from shared.identity import Identity
 from shared.settings import Settings
@@ -529,3 +529,36 @@ def test_a_call_is_cancelled_on_the_replica_only_while_it_is_open(loop_thread, s
 async def _ended(fake: FakeTriton, calls: int) -> None:
     while len(fake.calls) < calls:
         await asyncio.sleep(0.01)
+
+
+# 6. one request's choices and the others -------------------------------------------------------------------
+
+def test_an_n_request_runs_on_half_the_ready_replicas_and_leaves_the_rest_to_other_requests(loop_thread, serve):
+    """All eight choices of an n=8 request at once queued two on each of four replicas, and another
+    user's request waited behind two generations. The choices take turns, two at a time (half of
+    four replicas, each running one generation at a time): the other request finds a replica with
+    none of them, and every choice still comes under its own index."""
+    async def scenario() -> None:
+        fakes = [await triton(serve, "stalls_after_first_token") for _ in range(4)]
+        pool = ReplicaPool()
+        service, _, _ = inference(pool, routed("chat-model", [address for _, address in fakes]))
+        answers = [await service.chat_stream(actor=ALICE, name="chat-model", messages=[Message("user", "Hi")],
+                                             sampling=sampling)
+                   for sampling in choice_samplings(SamplingRequest(), 8)]
+        choices = merge(answers)
+        first = [await anext(choices) for _ in range(2)]  # each choice is held after its first token
+        assert sorted(index for index, _ in first) == [0, 1]
+        other = stream(service)
+        assert (await anext(other)).text == "Hello"
+        assert sorted(fake.requests for fake, _ in fakes) == [0, 1, 1, 1]  # two choices, the other request
+        for fake, _ in fakes:
+            fake.release.set()
+        texts: dict[int, str] = {}
+        for index, chunk in first + [item async for item in choices]:
+            texts[index] = texts.get(index, "") + chunk.text
+        assert texts == {i: "Hello world" for i in range(8)}
+        assert [c.text async for c in other] == [" world"]
+        assert sum(fake.requests for fake, _ in fakes) == 9
+        await pool.close()
+
+    loop_thread.run(scenario())
