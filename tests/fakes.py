@@ -137,6 +137,11 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
                     error_message=f"unexpected inference input '{undeclared[0]}' for model '{request.model_name}'")
             elif behaviour == "model_died":
                 yield service_pb2.ModelStreamInferResponse(error_message=model_died(request.model_name))
+            elif behaviour == "dies_with_the_request":  # the llama.cpp model says it has it, then its process dies
+                if request.parameters["report_start"].bool_param:
+                    yield service_pb2.ModelStreamInferResponse(infer_response=service_pb2.ModelInferResponse(
+                        model_name=request.model_name, id=request.id))
+                yield service_pb2.ModelStreamInferResponse(error_message=model_died(request.model_name))
             elif behaviour == "rejects":  # INVALID_ARG from the model: a stream carries only the message
                 yield service_pb2.ModelStreamInferResponse(error_message="INVALID_ARG: input max_tokens must be "
                                                                          "at least 1, got 0")

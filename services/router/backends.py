@@ -25,7 +25,7 @@ import structlog
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import deserialize_bytes_tensor, triton_to_np_dtype
 
-from shared.errors import InvalidArgument, Unavailable
+from shared.errors import DomainError, InvalidArgument, Unavailable
 from shared.settings import REPLICA_KEY_METADATA
 
 from .admission import Admission
@@ -34,6 +34,12 @@ from .routes import RouteTable
 log = structlog.get_logger()
 REPLICA_COOLDOWN_S = 5.0
 STATUS_WAIT_S = 1.0
+# Observed with Triton 2.51 (tests/e2e, a llama.cpp replica): when the model's stub process dies, Triton
+# answers the request that was on it "Stub process 'llm_0_0' is not healthy." about 1 s later, and every
+# later request the same words, also after 1 s; it never restarts the stub, and the model stays READY. So
+# the words cannot tell a request that crashed the model from one sent to a model already dead: the model
+# says when it has a request (REPORT_START), and a failure after that is this request's (MODEL_CRASHED).
+REPORT_START = "report_start"
 # Triton's python backend when the model's stub process died (tritonserver itself still answers):
 # "Stub process 'llm_0_0' is not healthy.", "The stub process has exited unexpectedly.", ...
 # And a replica that is stopping (Triton unloads its models first, then drains): "Request for unknown
@@ -168,6 +174,14 @@ def _triton_error(message: str) -> Exception:
     return Unavailable(f"the replica failed: {message}", reason="REPLICA_FAILED")
 
 
+def _crashed(failure: ReplicaFailure) -> DomainError:
+    """The replica failed while its model had the request: the request may be what killed it, so it is not
+    tried on another replica (it could kill that one too), and clients are told not to try it again."""
+    return DomainError(f"the replica's model process stopped while it had this request ({failure}); the request "
+                       "is not tried again, since it may be what stopped it", reason="MODEL_CRASHED",
+                       should_retry=False)
+
+
 async def _read_status(responses: grpc.aio.StreamStreamCall) -> bool:
     """After the last response, wait for the call to end (Triton ends it once the request stream is
     half-closed and the request is answered). False if it did not end in time: cancel it then."""
@@ -289,13 +303,15 @@ class ReplicaPool:
         inputs += sampling.optional_inputs()
 
         request = service_pb2.ModelInferRequest(model_name=model, id=request_id, inputs=inputs)
+        # The llama.cpp model then answers an empty response first, once it has the request (others ignore it).
+        request.parameters[REPORT_START].bool_param = True
 
         async with self._lease(address) as client:
             # Not Triton's triton_grpc_error header (errors as gRPC statuses): in 2.51, streams ending
             # with an error status at once now and then segfault the server. Errors come as messages.
             # Written here: no task to drain a request iterator.
             responses = client.stub.ModelStreamInfer(metadata=client.metadata)
-            received = False
+            received = started = False
             # Cancel the call only while it is open. A cancel racing the end of a call is a known way to
             # crash Triton 2.51 (server#8078): once the last response is in, the call's status is read instead.
             ended = False
@@ -307,10 +323,14 @@ class ReplicaPool:
                     if message.error_message:  # the last response of this request: the call ends
                         ended = await _read_status(responses)
                         if _REPLICA_CANNOT_SERVE.search(message.error_message):
-                            raise self._failed(address, message.error_message)
+                            failure = self._failed(address, message.error_message)
+                            raise _crashed(failure) if started else failure
                         raise _triton_error(message.error_message)
-                    received = True
                     response = message.infer_response
+                    if not response.outputs and not response.parameters["triton_final_response"].bool_param:
+                        started = True  # the model's word that it has the request (REPORT_START)
+                        continue
+                    received = True
                     outputs = _outputs(response)
                     if not response.parameters["triton_final_response"].bool_param:
                         yield self._chunk(outputs)
@@ -324,9 +344,10 @@ class ReplicaPool:
                     return
             except grpc.aio.AioRpcError as exc:  # the transport: the call has ended
                 ended = True
-                raise self._call_failed(address, exc, lambda _: Unavailable(
+                failure = self._call_failed(address, exc, lambda _: Unavailable(
                     f"the replica failed{' mid-request' if received else ''}: {exc.details()}",
-                    reason="REPLICA_FAILED")) from exc
+                    reason="REPLICA_FAILED"))
+                raise (_crashed(failure) if started and isinstance(failure, ReplicaFailure) else failure) from exc
             finally:
                 if not ended:
                     responses.cancel()  # the client went away mid-generation: free the replica

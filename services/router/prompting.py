@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from shared.errors import DeadlineExceeded, InvalidArgument
 from shared.templating import TEMPLATE_RENDER_SECONDS, compile_template, render_template
 
 from .backends import Sampling
+from .structured_output import check_json_schema
 
 ROLES = ("system", "user", "assistant")
 MAX_STOP_WORDS = 4
@@ -67,6 +67,7 @@ class SamplingRequest:
 
 
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+JSON_SCHEMA_PARAM = "response_format.json_schema.schema"
 SEED_RANGE = (-(2**63), 2**64 - 1)
 MAX_LOGIT_BIAS = 1024
 MAX_TOP_LOGPROBS = 20
@@ -131,8 +132,8 @@ def check_sampling(request: SamplingRequest, *, default_max_tokens: int, limit: 
         else:
             if not isinstance(request.json_schema, dict) or not request.json_schema:
                 raise InvalidArgument("response_format json_schema needs json_schema.schema, a JSON Schema object",
-                                      reason="INVALID_RESPONSE_FORMAT", param="response_format.json_schema.schema")
-            guide_type, guide = "json_schema", json.dumps(request.json_schema)
+                                      reason="INVALID_RESPONSE_FORMAT", param=JSON_SCHEMA_PARAM)
+            guide_type, guide = "json_schema", check_json_schema(request.json_schema, JSON_SCHEMA_PARAM)
     return Sampling(max_tokens, temperature, top_p, tuple(stop), seed=request.seed,
                     presence_penalty=request.presence_penalty, frequency_penalty=request.frequency_penalty,
                     guide_type=guide_type, guide=guide, logit_bias=tuple(sorted(bias.items())),

@@ -33,10 +33,12 @@ class DomainError(Exception):
     reason: str = "INTERNAL"
 
     def __init__(self, message: str, *, reason: str | None = None, retry_after_s: int | None = None,
-                 param: str | None = None) -> None:
+                 param: str | None = None, should_retry: bool | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s  # sent as retry-after (a header through the gateway)
+        # Sent as x-should-retry, which OpenAI's SDKs obey before their own rules (they retry any 5xx).
+        self.should_retry = should_retry
         # The request field at fault, OpenAI's error "param" (e.g. "messages[0].content"): a
         # google.rpc.BadRequest field violation for gRPC clients, x-llmops-param for the gateway.
         self.param = param

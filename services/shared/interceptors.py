@@ -176,9 +176,11 @@ class _Call:
         try:
             if isinstance(exc, DomainError):
                 code = exc.code
-                retry_after = () if exc.retry_after_s is None else (("retry-after", str(exc.retry_after_s)),)
+                retry = () if exc.retry_after_s is None else (("retry-after", str(exc.retry_after_s)),)
+                if exc.should_retry is not None:
+                    retry += (("x-should-retry", "true" if exc.should_retry else "false"),)
                 await self.context.abort(code, exc.message,
-                                         _status_details(code, exc.message, exc.reason, exc.param) + retry_after)
+                                         _status_details(code, exc.message, exc.reason, exc.param) + retry)
             elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
                 code = grpc.StatusCode.CANCELLED  # the client went away
             elif exc is not None and not isinstance(exc, grpc.aio.AbortError):

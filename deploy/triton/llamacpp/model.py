@@ -9,22 +9,35 @@ logit_bias_token_ids with logit_bias_values, top_logprobs (output logprobs: Open
 entries, as JSON, of the tokens of each response).
 The tensor contract is the TensorRT-LLM ensemble's (see config.pbtxt). The model is
 decoupled: every request gets its responses through its response sender, the last
-one flagged TRITONSERVER_RESPONSE_COMPLETE_FINAL. Requests run one after another
-(llama.cpp contexts are not thread-safe); a cancelled request (client gone, or
-cancelled) stops between tokens, so the replica is free for the next one.
+one flagged TRITONSERVER_RESPONSE_COMPLETE_FINAL; a request with the parameter
+report_start gets an empty response first, as soon as the model has it. Requests run
+one after another (llama.cpp contexts are not thread-safe); a cancelled request
+(client gone, or cancelled) stops between tokens, so the replica is free for the next one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
+import re
+import tempfile
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+# Guided decoding's bounds, the router's (services/router/structured_output.py, which says how they
+# were measured) checked again here, the last line before llama.cpp: the converter writes a repetition
+# out as nested groups (maxLength 100000: 100000 deep, which overflowed the grammar parser's recursion;
+# 10**9 would be gigabytes), and llama.cpp takes no more than 1000 of them.
+MAX_REPETITIONS = 1000
+MAX_GRAMMAR_BYTES = 128 * 1024
+MAX_GRAMMAR_NESTING = 1000
+# A grammar's text less its string literals, character classes and comments: what is left holds its groups.
+_NOT_GROUPS = re.compile(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]|#[^\n]*')
 
 
 class InputError(ValueError):
@@ -71,6 +84,51 @@ def _held_back(text: str, stops: list[str]) -> int:
                 hold = k
                 break
     return hold
+
+
+def _grammar_nesting(grammar):
+    """How deep the groups of a GBNF grammar nest, at most (a rule a line, as the converter writes them)."""
+    deepest = depth = 0
+    for found in re.finditer(r"[()\n]", _NOT_GROUPS.sub("", grammar)):
+        char = found[0]
+        if char == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char == ")":
+            depth -= 1
+        elif char == "\n":
+            depth = 0
+    return deepest
+
+
+def _bounded(build_repetition):
+    """The converter's _build_repetition, refusing to write out a repetition llama.cpp would refuse: every
+    repetition it writes (a length, a count, a pattern's {m,n}) goes through this one function."""
+
+    def build(item_rule, min_items, max_items, *args, **kwargs):
+        if max(min_items, max_items or 0) > MAX_REPETITIONS:
+            raise InputError(f"the JSON schema asks for a repetition of {max(min_items, max_items or 0)} (a length, "
+                             f"a count or a pattern's {{m,n}}); at most {MAX_REPETITIONS}")
+        return build_repetition(item_rule, min_items, max_items, *args, **kwargs)
+
+    return build
+
+
+@contextlib.contextmanager
+def _stderr_kept():
+    """The lines written to the process's stderr in the block, kept instead (llama.cpp's grammar parser writes
+    why it refuses a grammar there, then the whole grammar: up to 128 KiB in the replica's log each time)."""
+    lines = []
+    with tempfile.TemporaryFile() as kept:
+        saved = os.dup(2)
+        os.dup2(kept.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            kept.seek(0)
+            lines += kept.read(4096).decode("utf-8", "replace").splitlines()
 
 
 def _tensor(name, value, dtype):
@@ -130,7 +188,9 @@ class TritonPythonModel:
         }
 
         import llama_cpp  # imported here so that a missing package fails the load, not the stub
+        from llama_cpp import llama_grammar
 
+        llama_grammar._build_repetition = _bounded(llama_grammar._build_repetition)
         self._is_eog = lambda token: llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, token)
         # verbose=False: llama.cpp's own log lines below ERROR are dropped.
         self.llm = llama_cpp.Llama(model_path=gguf_path, n_ctx=n_ctx, n_batch=min(512, n_ctx),
@@ -144,6 +204,10 @@ class TritonPythonModel:
         for request in requests:
             sender = request.get_response_sender()
             try:
+                if json.loads(request.parameters() or "{}").get("report_start"):
+                    # Before anything else: should this request take the model process down, the router
+                    # knows that it was on it (not retried on another replica), not sent to a dead one.
+                    sender.send(pb_utils.InferenceResponse(output_tensors=[]))
                 self._generate(request, sender)
             except InputError as exc:
                 # A stream's error carries the message alone, not the code: the prefix tells the
@@ -227,12 +291,38 @@ class TritonPythonModel:
 
         try:
             if guide_type == "json":
-                return llama_cpp.LlamaGrammar.from_string(llama_cpp.llama_grammar.JSON_GBNF, verbose=False)
-            if guide_type == "json_schema":
-                return llama_cpp.LlamaGrammar.from_json_schema(guide, verbose=False)
+                grammar = llama_cpp.LlamaGrammar.from_string(llama_cpp.llama_grammar.JSON_GBNF, verbose=False)
+            elif guide_type == "json_schema":
+                grammar = llama_cpp.LlamaGrammar.from_json_schema(guide, verbose=False)
+            else:
+                raise InputError(f"input guided_decoding_guide_type must be json or json_schema, "
+                                 f"got {guide_type[:32]!r}")
+        except InputError:
+            raise
         except Exception as exc:  # noqa: BLE001 - the schema is the caller's: say why it cannot be used
-            raise InputError(f"the JSON schema cannot be turned into a grammar: {exc}") from exc
-        raise InputError(f"input guided_decoding_guide_type must be json or json_schema, got {guide_type[:32]!r}")
+            raise InputError(f"the JSON schema cannot be turned into a grammar: {str(exc)[:200]}") from exc
+        self._check_grammar(llama_cpp, grammar._grammar, grammar._root)
+        return grammar
+
+    def _check_grammar(self, llama_cpp, text, root):
+        """llama.cpp's own parser on the grammar, before generation: llama-cpp-python adds the NULL sampler of a
+        grammar it refuses to the sampler chain unchecked, which crashes the model process. Bounded first:
+        the parser recurses once for each nested group."""
+        size = len(text.encode("utf-8"))
+        if size > MAX_GRAMMAR_BYTES:
+            raise InputError(f"the JSON schema makes a grammar of {size} bytes; at most {MAX_GRAMMAR_BYTES}")
+        nesting = _grammar_nesting(text)
+        if nesting > MAX_GRAMMAR_NESTING:
+            raise InputError(f"the JSON schema makes a grammar that nests {nesting} groups deep; "
+                             f"at most {MAX_GRAMMAR_NESTING}")
+        with _stderr_kept() as said:
+            sampler = llama_cpp.llama_sampler_init_grammar(self.llm._model.vocab, text.encode("utf-8"),
+                                                           root.encode("utf-8"))
+        if not sampler:
+            why = next((line.partition("parsing grammar:")[2] for line in said if "parsing grammar:" in line),
+                       said[0] if said else "")
+            raise InputError(f"llama.cpp refuses the grammar of this JSON schema: {why.strip()[:200]}")
+        llama_cpp.llama_sampler_free(sampler)
 
     def _generate(self, request, sender):
         prompt, max_tokens, temperature, top_p, stream, stops, (seed, seeded), options = self._parse(request)
