@@ -13,6 +13,7 @@ from tritonclient.grpc import InferInput
 
 from llmops.v1 import inference_pb2, inference_pb2_grpc
 from shared.identity import SERVICE_TOKEN_KEY
+from shared.settings import REPLICA_KEY_METADATA
 
 from .load import Refused
 from .stack import USER
@@ -30,11 +31,13 @@ def _tensor(name: str, value, datatype: str) -> InferInput:  # noqa: ANN001
 
 
 class DirectTriton:
-    """tritonclient's asyncio gRPC client straight to one replica: the request the router would send."""
+    """tritonclient's asyncio gRPC client straight to one replica: the request the router would send,
+    with the replica key the router sends (a replica refuses inference without it)."""
 
-    def __init__(self, address: str, model: str) -> None:
+    def __init__(self, address: str, model: str, replica_key: str) -> None:
         self.client = triton_aio.InferenceServerClient(address)
         self.model = model
+        self.headers = {REPLICA_KEY_METADATA: replica_key}
 
     async def generate(self, prompt: str, max_tokens: int) -> str:
         inputs = [_tensor("text_input", prompt, "BYTES"), _tensor("max_tokens", max_tokens, "INT32"),
@@ -48,7 +51,7 @@ class DirectTriton:
         # that race kept its model loaded on shutdown, and every rollout after this scenario waited
         # out Triton's exit timeout (10 s) for the draining replica.
         text = None
-        async for result, error in self.client.stream_infer(one()):
+        async for result, error in self.client.stream_infer(one(), headers=self.headers):
             if error is not None:
                 raise Refused(f"triton: {error}")
             text = result.as_numpy("text_output")[0].decode()

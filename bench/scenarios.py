@@ -65,7 +65,7 @@ async def gateway_overhead(bench: Bench) -> list[Row]:
     """A one-word answer of the echo model: tritonclient straight to the replica, the router's gRPC
     API, the envelope REST API through Envoy, and /v1 through Envoy."""
     echo = bench.echo
-    direct = DirectTriton(echo.replicas[0], echo.triton_model)
+    direct = DirectTriton(echo.replicas[0], echo.triton_model, bench.platform.replica_key)
     router = RouterGrpc(f"127.0.0.1:{bench.platform.ports['router']}", bench.platform.token)
     gateway = RouterGrpc(f"127.0.0.1:{bench.platform.gateway_port}")
     http = Http(bench.platform.base)
@@ -308,7 +308,7 @@ async def peer_gateway(bench: Bench, litellm, echo: Endpoint, litellm_version: s
     body = {"model": "mock", "max_tokens": 1, "messages": [{"role": "user", "content": PROMPT}]}
     mock, peer = Http(litellm.mock, litellm.headers), Http(litellm.base, litellm.headers)
     ours = Http(bench.platform.base)
-    direct = DirectTriton(echo.replicas[0], echo.triton_model)
+    direct = DirectTriton(echo.replicas[0], echo.triton_model, bench.platform.replica_key)
     prompt = _chatml(PROMPT)
     rows = []
     try:

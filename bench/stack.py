@@ -26,6 +26,7 @@ from bundled_models import BUNDLED, CHATML  # noqa: E402, F401 - CHATML: the cha
 from deployment.runtimes.local import REPLICA_PROGRAMS  # noqa: E402
 from llmops.v1 import deployment_pb2, deployment_pb2_grpc  # noqa: E402
 from shared.identity import SERVICE_TOKEN_KEY  # noqa: E402
+from shared.settings import Settings  # noqa: E402
 # What the harness starts gets SIGTERM from the kernel if the harness dies (the platform then stops its replicas).
 from supervisor import die_with_parent  # noqa: E402
 
@@ -76,6 +77,7 @@ class Platform:
         self.ports = dict(zip(SERVICES, ports))
         self.gateway_port, admin_port = ports[-2:]
         self.token = secrets.token_urlsafe(24)
+        self.replica_key = Settings(service_token=self.token).replica_key()  # what the router sends replicas
         self.env = {
             **os.environ,
             "LLMOPS_DATABASE_URL": f"sqlite:///{work / 'llmops.db'}",
