@@ -40,9 +40,16 @@ def make_engine(url: str) -> Engine:
 @contextmanager
 def transaction(engine: Engine, *, conflict: str = "already exists") -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error, and turn a
-    unique-constraint violation into AlreadyExists (409)."""
+    unique-constraint violation into AlreadyExists (409).
+
+    On SQLite it takes the database's write lock as it begins (BEGIN IMMEDIATE; other writers
+    wait up to the connection's 30 s timeout): SELECT ... FOR UPDATE locks nothing there, and a
+    deferred transaction reads before it locks, so two concurrent checks of one row (a status
+    transition, an experiment's conclusion) would both pass. Readers are not held up (WAL)."""
     with Session(engine, expire_on_commit=False) as session:
         try:
+            if engine.dialect.name == "sqlite":
+                session.connection().exec_driver_sql("BEGIN IMMEDIATE")
             yield session
             session.commit()
         except IntegrityError as exc:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import requests
@@ -43,6 +45,28 @@ def test_model_moves_through_the_workflow_and_reads_back(gateway):
     assert got["data"]["status"] == "approved"
     assert got["data"]["reviewNotes"] == "evals pass"
     assert got["message"] == ""
+
+
+def test_of_ten_concurrent_reviews_exactly_one_decides(gateway):
+    """On SQLite too, where SELECT ... FOR UPDATE locks nothing: each write transaction takes the
+    database's write lock as it begins (shared/db.py), so a check and its write are one step."""
+    model = register(gateway, status="pending_review")
+    url = f"{gateway.api}/catalog/models/{model['id']}"
+    decisions = ["approved", "rejected"] * 5  # alternating: two decisions could both "win"
+    start = threading.Barrier(len(decisions))
+
+    def one(status: str) -> requests.Response:
+        start.wait()
+        return requests.patch(f"{url}/status", json={"status": status}, headers=REVIEWER, timeout=60)
+
+    with ThreadPoolExecutor(len(decisions)) as pool:
+        answers = list(pool.map(one, decisions))
+    assert sorted(r.status_code for r in answers) == [200] + [409] * 9, [r.text for r in answers]
+    [decided] = [r.json()["data"]["status"] for r in answers if r.status_code == 200]
+    assert assert_envelope(requests.get(url, headers=ADMIN), 200, "success")["data"]["status"] == decided
+    r = requests.get(f"{gateway.api}/catalog/audit-records", params={"resourceId": model["id"]}, headers=ADMIN)
+    actions = [record["action"] for record in assert_envelope(r, 200, "success")["data"]["records"]]
+    assert actions == ["UpdateModelStatus", "CreateModel"], actions  # the one decision
 
 
 def test_self_approval_is_forbidden(gateway):
