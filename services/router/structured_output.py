@@ -94,8 +94,30 @@ def check_json_schema(schema: dict[str, Any], param: str) -> str:
         raise _refused(param, "nests too deeply") from exc
     if len(guide.encode()) > MAX_SCHEMA_BYTES:
         raise _refused(param, f"is {len(guide.encode())} bytes of JSON; at most {MAX_SCHEMA_BYTES}")
+    if '"items":{}' in guide or '"items":true' in guide:
+        guide = json.dumps(_without_any_items(json.loads(guide)), separators=(",", ":"))
     _check(guide, param)
     return guide
+
+
+def _without_any_items(node: Any) -> Any:
+    """The schema less each `"items": {}` or `"items": true` (any item, as no `items` says): the converter
+    reads an empty one as falsy, then looks for prefixItems and fails (KeyError), refusing a valid schema.
+    Only subschemas are walked: an enum or const value, or a property named items, stays as it is."""
+    if not isinstance(node, dict):
+        return node
+    kept = {}
+    for keyword, value in node.items():
+        if keyword == "items" and (value == {} or value is True):
+            continue
+        if keyword in _SCHEMA_MAPS and isinstance(value, dict):
+            value = {name: _without_any_items(sub) for name, sub in value.items()}
+        elif keyword in _SCHEMA_LISTS and isinstance(value, list):
+            value = [_without_any_items(sub) for sub in value]
+        elif keyword in _SCHEMA_VALUES:
+            value = _without_any_items(value)
+        kept[keyword] = value
+    return kept
 
 
 # A client sends the same schema request after request: checked once (up to 25 ms of the event loop for a

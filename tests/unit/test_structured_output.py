@@ -103,6 +103,16 @@ def test_integral_numbers_of_the_typed_api_reach_the_model_as_integers():
         '{"type":"string","maxLength":80,"minLength":1}'
 
 
+@pytest.mark.parametrize("items", [{}, True])
+def test_an_array_of_any_items_is_taken_and_only_the_keyword_goes(items):
+    """llama-cpp-python's converter fails on an empty items (KeyError 'prefixItems'): it is dropped,
+    which means the same; a property named items and an enum value holding one stay."""
+    schema = {"type": "object", "properties": {"items": {"type": "array", "items": items},
+                                               "kind": {"enum": [{"items": {}}]}}}
+    assert json.loads(guide(schema)) == {"type": "object", "properties": {"items": {"type": "array"},
+                                                                          "kind": {"enum": [{"items": {}}]}}}
+
+
 # Property: what the router lets through, llama.cpp's parser takes ----------------------------------------
 
 @pytest.fixture(scope="module")
