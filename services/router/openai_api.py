@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import structlog
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, StrictInt, ValidationError, field_validator
 
 from shared.errors import InvalidArgument
 
@@ -72,10 +72,10 @@ class SampledBody(_Body):
     model: str
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
-    max_tokens: int | None = None
-    n: int | None = None
+    max_tokens: StrictInt | None = None
+    n: StrictInt | None = None
     presence_penalty: float | None = None
-    seed: int | None = None
+    seed: StrictInt | None = None
     stop: str | list[str] | None = None
     stream: bool | None = None
     stream_options: _StreamOptions | None = None
@@ -142,7 +142,7 @@ class ChatCompletionBody(SampledBody):
     function_call: Any = None
     functions: list[Any] | None = None
     logprobs: bool | None = None
-    max_completion_tokens: int | None = None
+    max_completion_tokens: StrictInt | None = None
     metadata: dict[str, str] | None = None
     modalities: list[str] | None = None
     parallel_tool_calls: bool | None = None
@@ -155,7 +155,7 @@ class ChatCompletionBody(SampledBody):
     store: bool | None = None
     tool_choice: Any = None
     tools: list[Any] | None = None
-    top_logprobs: int | None = None
+    top_logprobs: StrictInt | None = None
     verbosity: str | None = None
     web_search_options: Any = None
 
@@ -224,9 +224,9 @@ def _text_of(content: str | list[_ContentPart] | None, param: str) -> str:
 
 class CompletionBody(SampledBody):
     prompt: Any = None
-    best_of: int | None = None
+    best_of: StrictInt | None = None
     echo: bool | None = None
-    logprobs: int | None = None
+    logprobs: StrictInt | None = None
     suffix: str | None = None
 
     def refusals(self) -> None:
@@ -268,7 +268,7 @@ class EmbeddingBody(_Body):
     model: str
     input: Any = None
     encoding_format: str | None = None
-    dimensions: int | None = None
+    dimensions: StrictInt | None = None
     user: str | None = None
 
     def texts(self) -> list[str]:

@@ -114,6 +114,13 @@ def test_the_sdk_sees_the_param(client):
     assert "temperature must be at least 0 and at most 2" in bad.value.message
 
 
+@pytest.mark.parametrize("field,value", [("n", True), ("max_tokens", "5"), ("max_completion_tokens", 5.0),
+                                         ("seed", False), ("top_logprobs", "2")])
+def test_an_integer_parameter_takes_integers_only(fake_serving, field, value):
+    """As OpenAI's API ("expected an integer"): pydantic's lax mode read true as 1 and "5" as 5."""
+    assert_refused(post(fake_serving, "/v1/chat/completions", {"model": CHAT, "messages": HI, field: value}), field)
+
+
 @pytest.mark.parametrize("body,param", [
     ({"messages": HI}, "model"), ({"model": CHAT}, "messages"), ({"model": CHAT, "messages": "hi"}, "messages"),
     ({"model": CHAT, "messages": [{"content": "x"}]}, "messages[0].role"),
