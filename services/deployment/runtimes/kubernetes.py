@@ -65,6 +65,18 @@ APPLY_PATCH = "application/apply-patch+yaml"
 Call = Callable[..., Any]
 
 
+# The typed API of each kind an endpoint is made of, and its resource's name in the API's methods
+# (patch_namespaced_<resource>, read_..., delete_...).
+_TYPED_APIS: dict[str, tuple[type, str]] = {
+    "Deployment": (k8s.AppsV1Api, "deployment"),
+    "Service": (k8s.CoreV1Api, "service"),
+    "HorizontalPodAutoscaler": (k8s.AutoscalingV2Api, "horizontal_pod_autoscaler"),
+    "Ingress": (k8s.NetworkingV1Api, "ingress"),
+    "NetworkPolicy": (k8s.NetworkingV1Api, "network_policy"),
+    "Secret": (k8s.CoreV1Api, "secret"),
+}
+
+
 def _api_error(exc: k8s.ApiException) -> str:
     try:
         body = json.loads(exc.body or "")
@@ -182,31 +194,12 @@ class KubernetesRuntime:
 
     def _operations(self, kind: str) -> tuple[Call, Call, Call]:
         """(patch, read, delete) of the typed API for one of the kinds an endpoint is made of."""
-        api_client = self._client()
-        if kind == "Deployment":
-            apps = k8s.AppsV1Api(api_client)
-            return (apps.patch_namespaced_deployment, apps.read_namespaced_deployment,
-                    apps.delete_namespaced_deployment)
-        if kind == "Service":
-            core = k8s.CoreV1Api(api_client)
-            return core.patch_namespaced_service, core.read_namespaced_service, core.delete_namespaced_service
-        if kind == "HorizontalPodAutoscaler":
-            autoscaling = k8s.AutoscalingV2Api(api_client)
-            return (autoscaling.patch_namespaced_horizontal_pod_autoscaler,
-                    autoscaling.read_namespaced_horizontal_pod_autoscaler,
-                    autoscaling.delete_namespaced_horizontal_pod_autoscaler)
-        if kind == "Ingress":
-            networking = k8s.NetworkingV1Api(api_client)
-            return (networking.patch_namespaced_ingress, networking.read_namespaced_ingress,
-                    networking.delete_namespaced_ingress)
-        if kind == "NetworkPolicy":
-            networking = k8s.NetworkingV1Api(api_client)
-            return (networking.patch_namespaced_network_policy, networking.read_namespaced_network_policy,
-                    networking.delete_namespaced_network_policy)
-        if kind == "Secret":
-            core = k8s.CoreV1Api(api_client)
-            return core.patch_namespaced_secret, core.read_namespaced_secret, core.delete_namespaced_secret
-        raise ValueError(f"unsupported kind {kind}")
+        if kind not in _TYPED_APIS:
+            raise ValueError(f"unsupported kind {kind}")
+        api_class, resource = _TYPED_APIS[kind]
+        api = api_class(self._client())
+        return (getattr(api, f"patch_namespaced_{resource}"), getattr(api, f"read_namespaced_{resource}"),
+                getattr(api, f"delete_namespaced_{resource}"))
 
     def _apply_revision(self, spec: ServingSpec, namespace: str) -> dict[str, Any]:
         """Server-side apply the seven objects (replicas as the module docstring says); the applied Deployment."""
@@ -221,7 +214,8 @@ class KubernetesRuntime:
                 meta = manifest["metadata"]
                 raise RuntimeFailure(f"server-side apply of {manifest['kind']} {meta['namespace']}/{meta['name']} "
                                      f"failed: {_api_error(exc)}") from exc
-            deployment = applied if manifest["kind"] == "Deployment" else deployment
+            if manifest["kind"] == "Deployment":
+                deployment = applied
         return deployment
 
     def _apply_object(self, manifest: dict[str, Any]) -> dict[str, Any]:
