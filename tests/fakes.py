@@ -163,8 +163,9 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
         if self.behaviour == "rejects":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "input text holds no strings")
         response = service_pb2.ModelInferResponse(model_name=request.model_name, id=request.id)
-        add_output(response, "embedding", [[0.5] * EMBEDDING_DIM] * request.inputs[0].shape[0], "FP32")
-        add_output(response, "token_count", [3] * request.inputs[0].shape[0], "INT32")
+        strings = request.inputs[0].shape[-1]  # one row of strings, [1, n], as the batching model takes them
+        add_output(response, "embedding", [[[0.5] * EMBEDDING_DIM] * strings], "FP32")
+        add_output(response, "token_count", [[3] * strings], "INT32")
         return response
 
 

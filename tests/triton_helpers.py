@@ -32,7 +32,7 @@ class Triton:
 
 
 def infer_input(name: str, values: list, datatype: str) -> grpcclient.InferInput:
-    dtype = {"BYTES": np.object_, "INT32": np.int32, "FP32": np.float32, "BOOL": np.bool_}[datatype]
+    dtype = {"BYTES": np.object_, "INT32": np.int32, "UINT64": np.uint64, "FP32": np.float32, "BOOL": np.bool_}[datatype]
     array = np.array([v.encode() if isinstance(v, str) else v for v in values], dtype=dtype)
     tensor = grpcclient.InferInput(name, list(array.shape), datatype)
     tensor.set_data_from_numpy(array)

@@ -98,6 +98,7 @@ class Chunk:
     finish_reason: str = ""
     # With Sampling.logprobs: OpenAI's entries {token, logprob, bytes, top_logprobs} of this chunk's tokens.
     logprobs: tuple[dict, ...] = ()
+    cached_tokens: int = 0  # of prompt_tokens, those whose KV cache the replica reused (0 if it does not say)
 
 
 class ReplicaFailure(Exception):
@@ -359,14 +360,17 @@ class ReplicaPool:
                       logprobs=tuple(json.loads(logprobs[0])) if len(logprobs) else ())
         if not final:
             return chunk
+        cached = outputs.get("cached_tokens", ())  # the llama.cpp model's; TensorRT-LLM's ensemble has none
         return dataclasses.replace(chunk, final=True, prompt_tokens=int(outputs["prompt_tokens"][0]),
                                    completion_tokens=int(outputs["completion_tokens"][0]),
-                                   finish_reason=_text(outputs["finish_reason"][0]))
+                                   finish_reason=_text(outputs["finish_reason"][0]),
+                                   cached_tokens=int(cached[0]) if len(cached) else 0)
 
     async def embed(self, address: str, model: str, texts: list[str], request_id: str = "") -> tuple[np.ndarray, int]:
         """The vectors, and the tokens of all texts together."""
-        request = service_pb2.ModelInferRequest(model_name=model, id=request_id,
-                                                inputs=[_tensor("text", texts, "BYTES")])
+        text = _tensor("text", texts, "BYTES")
+        text.shape.insert(0, 1)  # one row of n strings, [1, n]: the model batches requests (max_batch_size > 0)
+        request = service_pb2.ModelInferRequest(model_name=model, id=request_id, inputs=[text])
         request.outputs.add(name="embedding")
         request.outputs.add(name="token_count")
         async with self._lease(address) as client:
@@ -376,7 +380,7 @@ class ReplicaPool:
             except grpc.aio.AioRpcError as exc:  # the gRPC code, and Triton's message as its details
                 raise self._call_failed(address, exc, _triton_error) from exc
             outputs = _outputs(response)
-            return outputs["embedding"], int(outputs["token_count"].sum())
+            return outputs["embedding"][0], int(outputs["token_count"].sum())  # the row of [1, n, dim]
 
     def _call_failed(self, address: str, exc: grpc.aio.AioRpcError,
                      otherwise: Callable[[str], Exception]) -> Exception:

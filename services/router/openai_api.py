@@ -330,9 +330,12 @@ def sse(value: Any) -> bytes:
 SSE_DONE = b"data: [DONE]\n\n"
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
+    """A generation's usage; prompt_tokens_details.cached_tokens: of the prompt, the tokens whose KV cache
+    the replica reused (prefix reuse)."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
 @dataclass
@@ -345,7 +348,7 @@ class ChunkWriter:
     object: str
     include_usage: bool
 
-    def event(self, choices: list[dict[str, Any]], usage_: dict[str, int] | None = None) -> bytes:
+    def event(self, choices: list[dict[str, Any]], usage_: dict[str, Any] | None = None) -> bytes:
         out: dict[str, Any] = {"id": self.id, "object": self.object, "created": self.created, "model": self.model,
                                "system_fingerprint": None, "choices": choices}
         if self.include_usage:  # null on every chunk but the extra last one, as OpenAI sends it
@@ -392,7 +395,8 @@ def completion_object(kind: str, generations: list, choices: list[dict[str, Any]
     return dumps({"id": first.id if kind == "chat.completion" else first.id.replace("chatcmpl-", "cmpl-"),
                   "object": kind, "created": first.created, "model": first.model, "system_fingerprint": None,
                   "choices": choices,
-                  "usage": usage(first.prompt_tokens, sum(g.completion_tokens for g in generations))})
+                  "usage": usage(first.prompt_tokens, sum(g.completion_tokens for g in generations),
+                                 first.cached_tokens)})
 
 
 def embeddings(*, model: str, vectors: np.ndarray, prompt_tokens: int, encoding_format: str | None,

@@ -60,6 +60,7 @@ class Generation:
     completion_tokens: int
     experiment: Assignment | None = None
     logprobs: tuple[dict, ...] = ()
+    cached_tokens: int = 0  # of prompt_tokens, those the replica reused from its cache
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,7 @@ class InferenceService:
         return Generation(id=f"chatcmpl-{current_request_id() or uuid.uuid4()}", created=int(time.time()),
                           model=name, text="".join(text), finish_reason=last.finish_reason,
                           prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens,
-                          experiment=answer.experiment, logprobs=tuple(logprobs))
+                          experiment=answer.experiment, logprobs=tuple(logprobs), cached_tokens=last.cached_tokens)
 
     def _sampling(self, route: Route, request: SamplingRequest) -> Sampling:
         limit = min(self._max_output, context_length(route.metadata))

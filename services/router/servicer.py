@@ -37,8 +37,9 @@ def _optional(request, field: str):  # noqa: ANN001, ANN202
     return getattr(request, field) if request.HasField(field) else None
 
 
-def _usage(prompt: int, completion: int) -> pb.Usage:
-    return pb.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+def _usage(prompt: int, completion: int, cached: int = 0) -> pb.Usage:
+    return pb.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                    prompt_tokens_details=pb.PromptTokensDetails(cached_tokens=cached))
 
 
 def _texts(value: struct_pb2.Value) -> list[str]:
@@ -118,7 +119,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             id=first.id, object="chat.completion", created=first.created, model=first.model,
             choices=[pb.ChatChoice(index=i, message=pb.ChatMessage(role="assistant", content=gen.text),
                                    finish_reason=gen.finish_reason) for i, gen in enumerate(gens)],
-            usage=_usage(first.prompt_tokens, sum(g.completion_tokens for g in gens)),
+            usage=_usage(first.prompt_tokens, sum(g.completion_tokens for g in gens), first.cached_tokens),
             experiment=_experiment(first.experiment))
 
     async def ChatStream(self, request: pb.ChatStreamRequest, context):  # noqa: N802
@@ -142,7 +143,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 id=stream_id, object="chat.completion.chunk", created=created, model=_name(inner),
                 choices=[pb.ChatStreamChoice(index=index, delta=delta, finish_reason=chunk.finish_reason)],
                 # on the last choice's final chunk: the prompt once, every choice's tokens
-                usage=_usage(chunk.prompt_tokens, completion_tokens) if finished == len(answers) else None,
+                usage=(_usage(chunk.prompt_tokens, completion_tokens, chunk.cached_tokens)
+                       if finished == len(answers) else None),
                 experiment=experiment)
 
     async def Complete(self, request: pb.CompleteRequest, context) -> pb.CompleteResponse:  # noqa: N802
@@ -155,7 +157,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             model=first.model,
             choices=[pb.CompletionChoice(index=i, text=gen.text, finish_reason=gen.finish_reason)
                      for i, gen in enumerate(gens)],
-            usage=_usage(first.prompt_tokens, sum(g.completion_tokens for g in gens)),
+            usage=_usage(first.prompt_tokens, sum(g.completion_tokens for g in gens), first.cached_tokens),
             experiment=_experiment(first.experiment))
 
     async def CompleteStream(self, request: pb.CompleteStreamRequest, context):  # noqa: N802
@@ -175,7 +177,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             yield pb.CompleteStreamResponse(
                 id=stream_id, object="text_completion", created=created, model=_name(inner),
                 choices=[pb.CompletionChoice(index=index, text=chunk.text, finish_reason=chunk.finish_reason)],
-                usage=_usage(chunk.prompt_tokens, completion_tokens) if finished == len(answers) else None,
+                usage=(_usage(chunk.prompt_tokens, completion_tokens, chunk.cached_tokens)
+                       if finished == len(answers) else None),
                 experiment=experiment)
 
     async def Embed(self, request: pb.EmbedRequest, context) -> pb.EmbedResponse:  # noqa: N802
@@ -331,7 +334,7 @@ async def _stream(answers: list[Answer], context, writer: oai.ChunkWriter, first
     its own HTTP status; after it, an error is an error event, and the stream ends. With n choices,
     their chunks interleave as generated, each with its index; the usage counts the prompt once."""
     headers, started, opened = _experiment_headers(answers[0].experiment), False, set()
-    prompt_tokens = completion_tokens = 0
+    prompt_tokens = completion_tokens = cached_tokens = 0
     try:
         async for index, chunk in merge(answers):
             if not started:
@@ -346,11 +349,12 @@ async def _stream(answers: list[Answer], context, writer: oai.ChunkWriter, first
             if chunk.final:
                 yield _event(last(index, chunk.finish_reason))
                 prompt_tokens, completion_tokens = chunk.prompt_tokens, completion_tokens + chunk.completion_tokens
+                cached_tokens = chunk.cached_tokens
     except DomainError as exc:
         if not started:
             raise
         yield _event(_error_event(exc))
         return
     if writer.include_usage:
-        yield _event(writer.event([], oai.usage(prompt_tokens, completion_tokens)))
+        yield _event(writer.event([], oai.usage(prompt_tokens, completion_tokens, cached_tokens)))
     yield _event(oai.SSE_DONE)

@@ -35,6 +35,19 @@ def context_length(metadata: Mapping[str, Any] | None) -> int:
     return metadata_int(metadata, "context_length", DEFAULT_CONTEXT_LENGTH)
 
 
+# How many requests one replica runs at once (its slots), by runtime, where the model's metadata names no
+# `slots`: llama.cpp batches 8 sequences (deploy/triton/llamacpp/model.py), the embedding model 8 requests
+# a batch (Triton's dynamic batcher), the echo model a thread each, TensorRT-LLM its in-flight batch.
+DEFAULT_SLOTS = {"llamacpp": 8, "embedding": 8, "echo": 64, "tensorrt_llm": 8}
+MAX_SLOTS = 64
+
+
+def replica_slots(runtime: str, metadata: Mapping[str, Any] | None) -> int:
+    """The slots of a replica of this model: the deployment writes them into the model's Triton config,
+    the router admits and balances by them."""
+    return min(MAX_SLOTS, metadata_int(metadata, "slots", DEFAULT_SLOTS.get(runtime, 1)))
+
+
 @dataclass(frozen=True)
 class EmbeddingLimits:
     input_tokens: int = 512      # per input, the model's special tokens included (e5's positions)

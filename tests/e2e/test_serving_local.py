@@ -367,8 +367,8 @@ def test_a_model_process_busy_in_a_long_call_does_not_outlive_its_replica(stack,
 
 def _embed_quietly(address: str, text: str) -> None:
     try:
-        inputs = [grpcclient.InferInput("text", [1], "BYTES")]
-        inputs[0].set_data_from_numpy(np.array([text.encode()], dtype=np.object_))
+        inputs = [grpcclient.InferInput("text", [1, 1], "BYTES")]
+        inputs[0].set_data_from_numpy(np.array([[text.encode()]], dtype=np.object_))
         grpcclient.InferenceServerClient(address).infer("embedding", inputs, client_timeout=600, headers=AS_THE_ROUTER)
     except Exception:  # noqa: BLE001 - the replica goes away under it, which is the point
         pass

@@ -125,11 +125,20 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton]:
 # ------------------------------------------------------------------ client helpers
 
 
+def text_row(texts: list[str | bytes]) -> grpcclient.InferInput:
+    """The embedding model's input as the router sends it: one row of n strings, [1, n] (the model
+    batches requests, so the first dimension is the batch's)."""
+    tensor = grpcclient.InferInput("text", [1, len(texts)], "BYTES")
+    tensor.set_data_from_numpy(np.array([[t.encode() if isinstance(t, str) else t for t in texts]], dtype=np.object_))
+    return tensor
+
+
 def embed(triton: Triton, texts: list[str]) -> np.ndarray:
+    """The vectors of `texts`, [n, dim]: the one row of the model's [1, n, dim]."""
     client = grpcclient.InferenceServerClient(triton.url)
     try:
-        result = client.infer(triton.embedding, [infer_input("text", texts, "BYTES")])
-        return result.as_numpy("embedding")
+        result = client.infer(triton.embedding, [text_row(texts)])
+        return result.as_numpy("embedding")[0]
     finally:
         client.close()
 
@@ -248,12 +257,12 @@ def test_embeddings_are_unit_vectors_that_rank_a_paraphrase_first(triton):
 def test_bad_embedding_input_is_a_triton_error(triton):
     client = grpcclient.InferenceServerClient(triton.url)
     try:
-        empty = grpcclient.InferInput("text", [0], "BYTES")
-        empty.set_data_from_numpy(np.array([], dtype=np.object_))
         with pytest.raises(InferenceServerException, match="no strings"):
-            client.infer(triton.embedding, [empty])
+            client.infer(triton.embedding, [text_row([])])
         with pytest.raises(InferenceServerException):
             client.infer(triton.embedding, [infer_input("texts", ["wrong input name"], "BYTES")])
+        with pytest.raises(InferenceServerException, match="unexpected shape"):  # [n]: no batch dimension
+            client.infer(triton.embedding, [infer_input("text", ["one", "two"], "BYTES")])
     finally:
         client.close()
     assert embed(triton, ["still serving"]).shape == (1, 384)
@@ -279,7 +288,7 @@ def test_embedding_limits_are_counted_in_tokens_before_anything_is_embedded(trit
     client = grpcclient.InferenceServerClient(triton.url)
     try:
         texts = ["hello", "query: where is the cat?", "passage: a cat on a sofa"]
-        counts = client.infer(triton.embedding, [infer_input("text", texts, "BYTES")]).as_numpy("token_count")
+        counts = client.infer(triton.embedding, [text_row(texts)]).as_numpy("token_count")[0]
     finally:
         client.close()
     assert counts.tolist() == [e5.token_count("hello"), e5.token_count("where is the cat?", is_query=True),
@@ -292,7 +301,7 @@ def test_a_cancelled_embedding_stops_and_frees_the_replica(triton):
     client = grpcclient.InferenceServerClient(triton.url)
     try:
         with pytest.raises(InferenceServerException, match="Deadline"):
-            client.infer(triton.embedding, [infer_input("text", ["word " * 500] * 16, "BYTES")], client_timeout=0.3)
+            client.infer(triton.embedding, [text_row(["word " * 500] * 16)], client_timeout=0.3)
     finally:
         client.close()
     deadline = time.monotonic() + 60

@@ -28,7 +28,7 @@ from pathlib import Path
 from string import Template
 from urllib.parse import unquote, urlparse
 
-from shared.model_limits import DEFAULT_CONTEXT_LENGTH, EmbeddingLimits
+from shared.model_limits import DEFAULT_CONTEXT_LENGTH, EmbeddingLimits, replica_slots
 from shared.settings import REPLICA_KEY_HEADER
 
 from ..domain import ModelSnapshot
@@ -249,9 +249,10 @@ def write_model_repository(dest: Path, model: ModelSnapshot, *, replicas: int = 
     """Write the Triton model for `model` into the repository `dest`; return its Triton name.
 
     Other models already in `dest` are kept, so one repository can hold both kinds.
-    Metadata that tunes it: context_length (n_ctx, default 2048) and n_threads for
-    llamacpp; dimensions (default 384), n_threads and the request limits (shared.model_limits)
-    for embedding; delay_ms (default 0) for echo. Without
+    Metadata that tunes it: context_length (n_ctx of one request, default 2048), n_threads and slots
+    (requests run at once, shared.model_limits.replica_slots) for llamacpp; dimensions (default 384),
+    n_threads, slots and the request limits (shared.model_limits) for embedding; delay_ms (default 0)
+    for echo. Without
     n_threads, the cores are shared among `replicas` (llama.cpp's spinning worker
     threads slow to a crawl when replicas ask for more threads than there are cores)."""
     threads = max(1, min(4, (os.cpu_count() or 1) // max(1, replicas)))
@@ -268,6 +269,7 @@ def write_model_repository(dest: Path, model: ModelSnapshot, *, replicas: int = 
             "gguf_path": _pbtxt_string(str(gguf)),
             "n_ctx": _int_meta(meta, "context_length", DEFAULT_CONTEXT_LENGTH),
             "n_threads": _int_meta(meta, "n_threads", threads),
+            "slots": replica_slots(model.runtime, meta),
         })
         return GENERATION_MODEL
     if model.runtime == "embedding":
@@ -277,6 +279,7 @@ def write_model_repository(dest: Path, model: ModelSnapshot, *, replicas: int = 
             "model_path": _pbtxt_string(str(path)),
             "dim": _int_meta(meta, "dimensions", DEFAULT_EMBEDDING_DIM),
             "n_threads": _int_meta(meta, "n_threads", threads),
+            "slots": replica_slots(model.runtime, meta),  # the most requests one batch embeds
             "max_inputs": limits.inputs,
             "max_input_tokens": limits.input_tokens,
             "max_request_tokens": limits.request_tokens,

@@ -115,6 +115,13 @@ export interface Usage {
   promptTokens: number;
   completionTokens: number;
   totalTokens: number;
+  promptTokensDetails: PromptTokensDetails | undefined;
+}
+
+/** OpenAI's prompt_tokens_details. */
+export interface PromptTokensDetails {
+  /** Of prompt_tokens, those whose KV cache the replica reused from an earlier request (prefix reuse). */
+  cachedTokens: number;
 }
 
 /** Which prompt template an A/B experiment chose for this request. */
@@ -1335,7 +1342,7 @@ export const ChatStreamRequest: MessageFns<ChatStreamRequest> = {
 };
 
 function createBaseUsage(): Usage {
-  return { promptTokens: 0, completionTokens: 0, totalTokens: 0 };
+  return { promptTokens: 0, completionTokens: 0, totalTokens: 0, promptTokensDetails: undefined };
 }
 
 export const Usage: MessageFns<Usage> = {
@@ -1348,6 +1355,9 @@ export const Usage: MessageFns<Usage> = {
     }
     if (message.totalTokens !== 0) {
       writer.uint32(24).int32(message.totalTokens);
+    }
+    if (message.promptTokensDetails !== undefined) {
+      PromptTokensDetails.encode(message.promptTokensDetails, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -1389,6 +1399,14 @@ export const Usage: MessageFns<Usage> = {
             message.totalTokens = reader.int32();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.promptTokensDetails = PromptTokensDetails.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1406,6 +1424,9 @@ export const Usage: MessageFns<Usage> = {
       promptTokens: isSet(object.prompt_tokens) ? globalThis.Number(object.prompt_tokens) : 0,
       completionTokens: isSet(object.completion_tokens) ? globalThis.Number(object.completion_tokens) : 0,
       totalTokens: isSet(object.total_tokens) ? globalThis.Number(object.total_tokens) : 0,
+      promptTokensDetails: isSet(object.prompt_tokens_details)
+        ? PromptTokensDetails.fromJSON(object.prompt_tokens_details)
+        : undefined,
     };
   },
 
@@ -1420,6 +1441,9 @@ export const Usage: MessageFns<Usage> = {
     if (message.totalTokens !== 0) {
       obj.total_tokens = Math.round(message.totalTokens);
     }
+    if (message.promptTokensDetails !== undefined) {
+      obj.prompt_tokens_details = PromptTokensDetails.toJSON(message.promptTokensDetails);
+    }
     return obj;
   },
 
@@ -1431,6 +1455,76 @@ export const Usage: MessageFns<Usage> = {
     message.promptTokens = object.promptTokens ?? 0;
     message.completionTokens = object.completionTokens ?? 0;
     message.totalTokens = object.totalTokens ?? 0;
+    message.promptTokensDetails = (object.promptTokensDetails !== undefined && object.promptTokensDetails !== null)
+      ? PromptTokensDetails.fromPartial(object.promptTokensDetails)
+      : undefined;
+    return message;
+  },
+};
+
+function createBasePromptTokensDetails(): PromptTokensDetails {
+  return { cachedTokens: 0 };
+}
+
+export const PromptTokensDetails: MessageFns<PromptTokensDetails> = {
+  encode(message: PromptTokensDetails, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cachedTokens !== 0) {
+      writer.uint32(8).int32(message.cachedTokens);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PromptTokensDetails {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePromptTokensDetails();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.cachedTokens = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PromptTokensDetails {
+    return { cachedTokens: isSet(object.cached_tokens) ? globalThis.Number(object.cached_tokens) : 0 };
+  },
+
+  toJSON(message: PromptTokensDetails): unknown {
+    const obj: any = {};
+    if (message.cachedTokens !== 0) {
+      obj.cached_tokens = Math.round(message.cachedTokens);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PromptTokensDetails>, I>>(base?: I): PromptTokensDetails {
+    return PromptTokensDetails.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PromptTokensDetails>, I>>(object: I): PromptTokensDetails {
+    const message = createBasePromptTokensDetails();
+    message.cachedTokens = object.cachedTokens ?? 0;
     return message;
   },
 };
