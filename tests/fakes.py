@@ -205,7 +205,7 @@ class RecordingPool:
         self.addresses: list[str] = []
         self.prompts: list[str] = []
 
-    def pick(self, addresses, exclude, capacity=None, queue_budget=0.0):  # noqa: ANN001, ANN201
+    def pick(self, addresses, exclude, *, slots=1, queue=None, queue_budget=0.0):  # noqa: ANN001, ANN201
         return next((a for a in addresses if a not in exclude), None)
 
     async def generate(self, address: str, model: str, prompt: str, sampling: Sampling,

@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from shared.errors import FailedPrecondition, InvalidArgument, PermissionDenied
-from shared.model_limits import LIMIT_KEYS
+from shared.model_limits import LIMIT_KEYS, MAX_SLOTS
 from shared.templating import compile_template, render_template
 
 
@@ -189,6 +189,8 @@ def check_model_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
             checked[key] = _positive_int(key, checked[key])
     if "queue_budget" in checked:
         checked["queue_budget"] = _queue_budget(checked["queue_budget"])
+    if "slots" in checked:
+        checked["slots"] = _slots(checked["slots"])
     if "stop" in checked:
         checked["stop"] = _model_stop_words(checked["stop"])
     if "chat_template" in checked:
@@ -212,6 +214,15 @@ def _queue_budget(value: Any) -> float:
                               f"wait admitted on a busy replica, in its service times; 0: no bound); got "
                               f"{_shown(value)}", reason="INVALID_METADATA")
     return float(value)
+
+
+def _slots(value: Any) -> int:
+    whole = isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer()
+    if not whole or not 1 <= value <= MAX_SLOTS:
+        shown = _shown(int(value) if whole else value)  # 65 as the user wrote it, not the 65.0 of protobuf's Struct
+        raise InvalidArgument(f"metadata.slots must be a whole number from 1 to {MAX_SLOTS} written as a JSON number "
+                              f"(how many requests one replica runs at once); got {shown}", reason="INVALID_METADATA")
+    return int(value)
 
 
 def _model_stop_words(value: Any) -> list[str]:

@@ -1,92 +1,107 @@
-"""Admission by expected wait: a replica that has been busy for a while takes a request only
-while the wait expected ahead of it stays within a budget, so that under overload the
-admitted requests keep close to their unloaded latency and the rest are answered 503 at
-once, instead of every request waiting out a growing queue.
+"""Admission by standing queue, CoDel's rule (Nichols and Jacobson, "Controlling Queue Delay",
+2012): a replica takes every request while it runs fewer than its slots; a request that would wait
+is refused only while the queue has stood above a target for a whole interval and still does.
 
-What the router measures, per replica, from the requests it sends:
-- the service time S: the latency of a request that found the replica idle (nothing else in
-  flight from this router), so no queue is in it; under sustained overload no request finds
-  it idle, and S stays what it was unloaded;
-- the completion interval I: the time between two completions while the replica stayed busy.
+The router models each replica as a FIFO of the requests it sent there, in dispatch order: the first
+`slots` run, the others wait (in Triton's queue, or the model's). Per replica it measures
+- the service time S: from the moment a request starts running in this model to its successful end,
+  every successful request, exponentially weighted (each sample 0.2); S follows the load (a full batch
+  runs each of its requests slower) and never freezes;
+- the queueing time w of each request that goes from waiting to running: now - its dispatch.
 
-A replica that finishes one request every I runs about P = S / I at a time (Little's law). A
-request that arrives with N >= P in flight waits for N - P + 1 completions, the first of them
-half an interval away on average: about (N + 0.5 - P) * I = (N + 0.5) * I - S. It is admitted
-while that is at most `budget` * S. For a replica that runs one at a time, budget 1 lets one
-request wait behind the one running (0.5 S expected) and not two (1.5 S): the admitted
-latency stays within 2 S, and the decision is half an interval away from the noise of I.
+Target = budget * S; interval = S. A sample w above the target sets the "above since" mark if it is
+unset; a sample at or below it, or a queue that empties, clears it. A request that would wait (the
+replica has `slots` in flight or more) is refused iff the mark is older than one interval and the
+oldest waiting request has waited more than the target by now. No S yet, or budget 0: admitted; the
+caller's in-flight limit (slots + router_queue_per_replica) bounds the queue then.
 
-Bursts are not overload: a replica that went from idle to busy less than S ago takes whatever
-comes (up to the router's in-flight limit per replica), as CoDel tolerates a queue that does
-not stand longer than its interval. Only successful requests teach the estimates: a request
-refused at once by the model is not the replica's service time. Estimates are exponentially
-weighted (each sample 0.2), so a model whose requests get longer moves S within a few idle
-starts."""
+Why it cannot latch: nothing is refused below the slots, nor with nothing waiting; a refusal needs a
+request that has waited longer than the target, read on the clock at the decision, not estimated;
+and an estimate inflated by a moment of contention only raises the target and the interval (a
+larger S), which makes a refusal less likely, while every successful request pulls S back. Only
+successful requests teach S: one refused at once by the model is not the replica's service time."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-WEIGHT = 0.2  # of each new sample in the moving averages
+WEIGHT = 0.2  # of each new sample in the moving average S
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One request on a replica: when the router sent it, and when it started running in the model."""
+
+    dispatched: float
+    running_since: float | None = None
 
 
 @dataclass
 class _Replica:
+    slots: int = 1
+    budget: float = 0.0  # in service times; the target of the samples taken until the next request
+    in_flight: list[Ticket] = field(default_factory=list)  # in dispatch order
     service_s: float | None = None  # S
-    interval_s: float | None = None  # I
-    busy_since: float = 0.0  # when it last went from idle to busy
-    last_completion: float | None = None  # during the current busy period
+    above_since: float | None = None  # when the queueing time last went above the target (None: it did not)
 
+    def oldest_waiting(self) -> Ticket | None:
+        return next((t for t in self.in_flight if t.running_since is None), None)
 
-def _average(current: float | None, sample: float) -> float:
-    return sample if current is None else current + WEIGHT * (sample - current)
+    def advance(self, now: float) -> None:
+        """Start the waiting requests that the model now runs (the first `slots` in flight), taking
+        their queueing times as samples; clear the mark once nothing waits."""
+        for ticket in self.in_flight[:self.slots]:
+            if ticket.running_since is not None:
+                continue
+            ticket.running_since = now
+            waited = now - ticket.dispatched
+            if self.service_s is None or waited <= self.budget * self.service_s:
+                self.above_since = None
+            elif self.above_since is None:
+                self.above_since = now
+        if self.oldest_waiting() is None:
+            self.above_since = None
 
 
 class Admission:
-    """Per replica address: the service time and completion interval, and whether one more
-    request is admitted now within a budget (in service times; 0: no check); the caller counts
-    what is in flight.
-
-    Conservative at one moment: I is measured at the load the replica had. A replica that runs
-    several at a time and gets a step of new load is held to about twice the concurrency it
-    had, and that doubles each service time while the load lasts (as TCP's slow start)."""
+    """Per replica address: the requests in flight as the model runs them, the service time, the
+    CoDel mark, and whether one more request is admitted now."""
 
     def __init__(self) -> None:
         self._replicas: dict[str, _Replica] = {}
 
-    def started(self, address: str, *, in_flight: int, now: float) -> None:
-        """A request goes to the replica, which had `in_flight` others."""
+    def started(self, address: str, *, slots: int, budget: float, now: float) -> Ticket:
+        """A request goes to the replica, which runs `slots` at once under the route's `budget`."""
         replica = self._replicas.setdefault(address, _Replica())
-        if not in_flight:
-            replica.busy_since, replica.last_completion = now, None
+        replica.slots, replica.budget = slots, budget
+        ticket = Ticket(dispatched=now)
+        replica.in_flight.append(ticket)
+        replica.advance(now)
+        return ticket
 
-    def finished(self, address: str, *, began: float, found_idle: bool, succeeded: bool, in_flight: int,
-                 now: float) -> None:
-        """A request ended; `in_flight` others are still on the replica."""
+    def finished(self, address: str, ticket: Ticket, *, succeeded: bool, now: float) -> None:
+        """A request ended, whether it ran or waited (cancelled in the queue)."""
         replica = self._replicas.get(address)
-        if replica is None:  # forgotten meanwhile
+        if replica is None or ticket not in replica.in_flight:  # forgotten meanwhile
             return
-        if succeeded:
-            if found_idle:
-                replica.service_s = _average(replica.service_s, now - began)
-            if replica.last_completion is not None:
-                replica.interval_s = _average(replica.interval_s, now - replica.last_completion)
-        replica.last_completion = now if in_flight else None
+        replica.in_flight.remove(ticket)
+        if succeeded and ticket.running_since is not None:
+            sample = now - ticket.running_since
+            replica.service_s = sample if replica.service_s is None else replica.service_s + WEIGHT * (
+                sample - replica.service_s)
+        replica.advance(now)
 
-    def expected_wait_s(self, address: str, in_flight: int) -> float:
-        """How long a request sent now is expected to wait for the replica (0 when unknown)."""
+    def admits(self, address: str, *, slots: int, budget: float, now: float) -> bool:
+        """Whether a request sent now to a replica that runs `slots` at once is admitted under
+        `budget` (in service times; 0: no check)."""
         replica = self._replicas.get(address)
-        if replica is None or replica.service_s is None or replica.interval_s is None:
-            return 0.0
-        return max(0.0, (in_flight + 0.5) * replica.interval_s - replica.service_s)
-
-    def admits(self, address: str, *, in_flight: int, budget: float, now: float) -> bool:
-        replica = self._replicas.get(address)
-        if budget <= 0 or not in_flight or replica is None or replica.service_s is None:
+        if replica is None or len(replica.in_flight) < slots or budget <= 0 or replica.service_s is None:
             return True
-        if now - replica.busy_since < replica.service_s:
-            return True  # a burst, not (yet) a standing queue
-        return self.expected_wait_s(address, in_flight) <= budget * replica.service_s
+        oldest = replica.oldest_waiting()
+        if oldest is None or replica.above_since is None:
+            return True
+        stood = now - replica.above_since > replica.service_s
+        return not (stood and now - oldest.dispatched > budget * replica.service_s)
 
     def forget(self, address: str) -> None:
         """The replica left the route table: what was learned of it goes too."""

@@ -1,7 +1,8 @@
 """Triton replicas over KServe v2 gRPC: one persistent channel per replica,
-least-outstanding-requests balancing, a short cooldown for a replica that
-failed, and the tensor contract of docs/architecture.md section 8 (the same for
-llama.cpp and TensorRT-LLM).
+least-outstanding-requests balancing, admission by slots and standing queue
+(admission.py), a short cooldown for a replica that failed, and the tensor
+contract of docs/architecture.md section 8 (the same for llama.cpp and
+TensorRT-LLM).
 
 Requests are KServe's protobuf messages, built here with typed contents and read
 from raw outputs, on the stubs tritonclient generates. Its InferInput/InferResult
@@ -206,26 +207,30 @@ class ReplicaPool:
         self._client_factory = client_factory
         self._clients: dict[str, ReplicaChannel] = {}
         self._outstanding: dict[str, int] = {}  # only addresses with requests in flight
+        self._terms: dict[str, tuple[int, float]] = {}  # (slots, queue budget) of the route that last picked it
         self._cooling_until: dict[str, float] = {}
         self._live: set[str] | None = None  # the route table's replica addresses, once known
         self._closing: set[asyncio.Task] = set()
 
-    def pick(self, addresses: Sequence[str], exclude: set[str], capacity: int | None = None,
+    def pick(self, addresses: Sequence[str], exclude: set[str], *, slots: int = 1, queue: int | None = None,
              queue_budget: float = 0.0) -> str | None:
-        """The replica for the next attempt; None when every one was tried, has `capacity` in flight
-        or more queued than `queue_budget` service times (admission.py)."""
+        """The replica for the next attempt, the one with the fewest in flight; None when every one was
+        tried, has its `slots` running and `queue` more waiting, or a queue that stands beyond
+        `queue_budget` service times (admission.py). All replicas of a route have the same slots, so the
+        fewest in flight is also the least load relative to capacity."""
         now = self._clock()
-        candidates = [a for a in addresses if a not in exclude and self._admits(a, capacity, queue_budget, now)]
+        candidates = [a for a in addresses if a not in exclude and self._admits(a, slots, queue, queue_budget, now)]
         if not candidates:
             return None
         healthy = [a for a in candidates if not self._cooling(a, now)]
         # A cooling replica is tried only when no other is left: a blip must not turn into an outage.
-        return min(healthy or candidates, key=lambda a: self._outstanding.get(a, 0))
+        chosen = min(healthy or candidates, key=lambda a: self._outstanding.get(a, 0))
+        self._terms[chosen] = (slots, queue_budget)
+        return chosen
 
-    def _admits(self, address: str, capacity: int | None, queue_budget: float, now: float) -> bool:
-        in_flight = self._outstanding.get(address, 0)
-        return ((capacity is None or in_flight < capacity)
-                and self.admission.admits(address, in_flight=in_flight, budget=queue_budget, now=now))
+    def _admits(self, address: str, slots: int, queue: int | None, queue_budget: float, now: float) -> bool:
+        return ((queue is None or self._outstanding.get(address, 0) < slots + queue)
+                and self.admission.admits(address, slots=slots, budget=queue_budget, now=now))
 
     def outstanding(self, address: str) -> int:
         return self._outstanding.get(address, 0)
@@ -262,6 +267,7 @@ class ReplicaPool:
 
     def _forget(self, address: str) -> None:
         self.admission.forget(address)
+        self._terms.pop(address, None)
         client = self._clients.pop(address, None)
         if client is not None:
             task = asyncio.get_running_loop().create_task(client.close(), name=f"close-replica-client-{address}")
@@ -275,17 +281,19 @@ class ReplicaPool:
 
     @contextlib.asynccontextmanager
     async def _lease(self, address: str) -> AsyncIterator[ReplicaChannel]:
-        """One request on the replica: counted in flight, and timed for admission when it succeeds."""
-        others, began, succeeded = self._outstanding.get(address, 0), self._clock(), False
-        self._outstanding[address] = others + 1
-        self.admission.started(address, in_flight=others, now=began)
+        """One request on the replica: counted in flight, and followed by admission (admission.py)
+        under the terms of the route that picked it (one slot and no budget for a request sent
+        without pick)."""
+        slots, budget = self._terms.get(address, (1, 0.0))
+        self._outstanding[address] = self._outstanding.get(address, 0) + 1
+        ticket = self.admission.started(address, slots=slots, budget=budget, now=self._clock())
+        succeeded = False
         try:
             yield self._client(address)
             succeeded = True
         finally:
+            self.admission.finished(address, ticket, succeeded=succeeded, now=self._clock())
             left = self._outstanding[address] - 1
-            self.admission.finished(address, began=began, found_idle=not others, succeeded=succeeded,
-                                    in_flight=left, now=self._clock())
             if left:
                 self._outstanding[address] = left
             else:

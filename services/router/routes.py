@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from llmops.v1 import deployment_pb2, deployment_pb2_grpc
 from shared.errors import NotFound
+from shared.model_limits import replica_slots
 from shared.settings import ENVIRONMENT_NAMES
 
 from .watch import follow_watch, internal_call_metadata
@@ -35,16 +36,19 @@ class Route:
     triton_model: str
     replicas: tuple[str, ...]  # grpc addresses of ready replicas
     created: int = 0  # when the endpoint was deployed, Unix seconds
+    runtime: str = ""  # the model's: llamacpp, embedding, echo, tensorrt_llm
+    slots: int = 1  # requests each replica runs at once (shared.model_limits.replica_slots)
 
 
 def route_from_proto(routed: deployment_pb2.RoutedEndpoint) -> Route:
+    metadata = json_format.MessageToDict(routed.model.metadata)
     return Route(
         endpoint_id=routed.endpoint.id, name=routed.endpoint.name, environment=routed.endpoint.environment,
         status=routed.endpoint.status, model_name=routed.model.name, model_version=routed.model.version,
-        model_type=routed.model.type, metadata=json_format.MessageToDict(routed.model.metadata),
-        triton_model=routed.triton_model,
+        model_type=routed.model.type, metadata=metadata, triton_model=routed.triton_model,
         replicas=tuple(r.grpc_address for r in routed.replicas if r.ready),
         created=routed.endpoint.created_at.seconds,
+        runtime=routed.model.runtime, slots=replica_slots(routed.model.runtime, metadata),
     )
 
 

@@ -112,8 +112,8 @@ class InferenceService:
         self._outcomes = outcomes
         self._timeout = timeout_s
         self._max_output = max_output_tokens
-        self._queue_limit = queue_limit  # requests in flight per replica; more wait in no queue
-        self._queue_budget = queue_budget  # the expected wait admitted, in service times (admission.py)
+        self._queue_limit = queue_limit  # requests that may wait on a replica beyond its slots; no more
+        self._queue_budget = queue_budget  # the standing queue admitted, in service times (admission.py)
 
     # generation ----------------------------------------------------------------------------------------------
 
@@ -259,13 +259,15 @@ class InferenceService:
         if not isinstance(budget, int | float) or isinstance(budget, bool):  # none, or registered before the check
             budget = self._queue_budget
         while True:
-            replicas = (self._table.get(route.name, route.environment) or route).replicas
-            address = self._pool.pick(replicas, tried, capacity=self._queue_limit, queue_budget=budget)
+            current = self._table.get(route.name, route.environment) or route
+            address = self._pool.pick(current.replicas, tried, slots=current.slots, queue=self._queue_limit,
+                                      queue_budget=budget)
             if address is None:
-                if any(a not in tried for a in replicas):  # all the others are full: no waiting in line
+                if any(a not in tried for a in current.replicas):  # all the others are full: no waiting in line
                     SHED.labels(route.name).inc()
-                    raise Unavailable(f"endpoint {route.name} is busy: each ready replica has {self._queue_limit} "
-                                      "requests in flight or more queued than its admission budget; retry shortly",
+                    raise Unavailable(f"endpoint {route.name} is busy: each ready replica has all {current.slots} "
+                                      f"slots running and {self._queue_limit} more requests waiting, or a queue that "
+                                      "has stood beyond its admission budget; retry shortly",
                                       reason="ENDPOINT_BUSY", retry_after_s=1)
                 return
             tried.add(address)
@@ -386,10 +388,10 @@ def choice_samplings(sampling: SamplingRequest, n: int | None) -> list[SamplingR
 
 
 def choice_share(route: Route) -> int:
-    """How many choices of one request run at once on route's endpoint: half its ready replicas (each
-    runs one generation at a time), at least one. The others start as these end, so that another
-    request finds a replica free of this one, or waits behind one generation of it, never behind all n."""
-    return max(1, len(route.replicas) // 2)
+    """How many choices of one request run at once on route's endpoint: half the slots of its ready
+    replicas, at least one. The others start as these end, so that another request finds a slot free
+    of this one, or waits behind one generation of it, never behind all n."""
+    return max(1, len(route.replicas) * route.slots // 2)
 
 
 class ChoiceTurns:

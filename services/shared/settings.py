@@ -142,14 +142,16 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(default=600, description="Inference requests per user per minute; 0: off.")
     max_output_tokens: int = Field(default=2048, description="Upper bound of max_tokens (400 above).")
     router_queue_per_replica: int = Field(
-        default=8, ge=1, description="Requests in flight per replica (one generates, the rest queue in Triton); "
-                                     "beyond it a request is answered 503 with Retry-After at once.")
+        default=8, ge=1, description="Requests that may wait on a replica beyond its slots (the requests it runs "
+                                     "at once: model metadata `slots`, else its runtime's default); beyond slots + "
+                                     "this a request is answered 503 with Retry-After at once.")
     router_queue_budget: float = Field(
-        default=1.0, ge=0, description="How long a request may expect to wait behind others on a replica that "
-                                       "has been busy for a while, in the replica's service times (the latency of "
-                                       "a request that finds it idle); beyond it the request is answered 503 with "
-                                       "Retry-After at once, so that admitted requests keep near their unloaded "
-                                       "latency. 0: off (router_queue_per_replica alone bounds the queue).")
+        default=1.0, ge=0, description="The standing queue a replica may keep, in its service times S (from a "
+                                       "request's start of running to its end): a request that would wait is "
+                                       "answered 503 with Retry-After at once when the waits stayed above budget x "
+                                       "S for a whole S and the oldest waiting request has waited longer (CoDel's "
+                                       "rule, services/router/admission.py); below its slots a replica takes every "
+                                       "request. 0: off (slots + router_queue_per_replica alone bound the queue).")
 
     # Experiments (experiment service and router)
     experiment_alpha: float = Field(default=0.05, gt=0, lt=1, description="Significance level of the A/B tests.")

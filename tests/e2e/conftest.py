@@ -46,10 +46,7 @@ def infer(e2e_settings: Settings, e2e_registry: ServiceHandle, loop_thread: Loop
         "serving_dir": root / "serving", "registry_port": split_address(e2e_registry.address)[1],
         "deployment_port": deployment_port, "router_port": router_port, "experiment_port": experiment_port,
         "reconcile_interval_s": 0.5,
-        "drain_s": 1.0, "rate_limit_per_minute": 0, "router_request_timeout_s": 60,
-        # Tests here send a few requests at once to one replica that generates one at a time: a
-        # queue that the router's admission would shed (tests/unit/test_router_admission.py tests it).
-        "router_queue_budget": 0})
+        "drain_s": 1.0, "rate_limit_per_minute": 0, "router_request_timeout_s": 60})
     s = InferenceStack(local, loop_thread, e2e_registry.address)
     s.port, s.router_port = deployment_port, router_port
     s.start()

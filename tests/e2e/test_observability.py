@@ -218,7 +218,7 @@ class HeldPool:
         self.release = asyncio.Event()
         self.full = full
 
-    def pick(self, addresses, exclude, capacity=None, queue_budget=0.0):  # noqa: ANN001, ANN201
+    def pick(self, addresses, exclude, *, slots=1, queue=None, queue_budget=0.0):  # noqa: ANN001, ANN201
         return None if self.full else next((a for a in addresses if a not in exclude), None)
 
     async def generate(self, address: str, model: str, prompt: str, sampling: Sampling,

@@ -406,7 +406,8 @@ def test_a_full_replica_queue_answers_busy_at_once_instead_of_waiting(loop_threa
     async def scenario() -> None:
         replica, address = await triton(serve, "stalls_after_first_token")
         pool = ReplicaPool()
-        service, _, outcomes = inference(pool, routed("chat-model", [address]), queue_limit=2)
+        # A replica of one slot (a model without `slots`, of no known runtime) with room for one waiting.
+        service, _, outcomes = inference(pool, routed("chat-model", [address]), queue_limit=1)
         streams = [stream(service) for _ in range(2)]
         assert [(await anext(s)).text for s in streams] == ["Hello", "Hello"]  # both in flight on the replica
         with pytest.raises(Unavailable) as busy:
@@ -423,10 +424,10 @@ def test_a_full_replica_queue_answers_busy_at_once_instead_of_waiting(loop_threa
 
 
 def test_a_standing_queue_beyond_the_budget_is_shed_and_a_models_budget_replaces_the_setting(loop_thread, serve):
-    """Admission on the pool's clock (admission.py has the arithmetic): a one-at-a-time replica of
-    service time 1 s, busy for 10 s with two requests, takes no third under a budget of one
-    service time; a model whose metadata.queue_budget is 4 takes it, one whose budget is not a
-    number gets the setting's."""
+    """Admission on the pool's clock (admission.py has the rule): a replica of one slot whose queue has
+    stood above one service time since 2 s takes no request that would wait under a budget of one service
+    time; a model whose metadata.queue_budget is 4 takes it, one whose budget is not a number gets the
+    setting's."""
     async def scenario() -> None:
         replica, address = await triton(serve, "stalls_after_first_token")
         now = [0.0]
@@ -441,26 +442,64 @@ def test_a_standing_queue_beyond_the_budget_is_shed_and_a_models_budget_replaces
         service = InferenceService(table=table, pool=pool, limiter=RateLimiter(0), outcomes=RecordedOutcomes(),
                                    timeout_s=30, max_output_tokens=64, queue_budget=1,
                                    experiments=no_experiments())
-        admission = pool.admission  # what two earlier requests taught it: S = 1 s, I = 1 s
-        admission.started(address, in_flight=0, now=0.0)
-        admission.started(address, in_flight=1, now=0.0)
-        admission.finished(address, began=0.0, found_idle=True, succeeded=True, in_flight=1, now=1.0)
-        admission.finished(address, began=0.0, found_idle=False, succeeded=True, in_flight=0, now=2.0)
-        now[0] = 3.0
+        admission = pool.admission  # what earlier requests taught it: S = 1 s, and two of them in flight at 0 s
+        earlier = admission.started(address, slots=1, budget=1, now=-1.0)
+        admission.finished(address, earlier, succeeded=True, now=0.0)
+        first, second = (admission.started(address, slots=1, budget=1, now=0.0) for _ in range(2))
         streams = [stream(service) for _ in range(2)]
-        assert [(await anext(s)).text for s in streams] == ["Hello", "Hello"]  # a burst: both taken
-        now[0] = 13.0
+        assert [(await anext(s)).text for s in streams] == ["Hello", "Hello"]  # no queue has stood: both taken
+        # At 2 s the first ends (S = 1.2 s) and the second starts, having waited 2 s: the mark. The streams wait.
+        admission.finished(address, first, succeeded=True, now=2.0)
+        now[0] = 3.5  # the mark is 1.5 s old, and the streams have waited 3.5 s
         with pytest.raises(Unavailable) as busy:
             await anext(stream(service))
         assert busy.value.reason == "ENDPOINT_BUSY" and replica.requests == 2  # it never reached the replica
         with pytest.raises(Unavailable):  # a budget that is not a number counts as none: the setting's
             await anext(stream(service, "legacy-model"))
-        patient_stream = stream(service, "patient-model")
+        patient_stream = stream(service, "patient-model")  # 3.5 s is within its target, 4 S = 4.8 s
         assert (await anext(patient_stream)).text == "Hello" and replica.requests == 3
         replica.release.set()
         for in_flight in (*streams, patient_stream):
             assert [c.text async for c in in_flight] == [" world"]
-        assert [c.text async for c in stream(service)] == ["Hello", " world"]  # idle again: taken
+        now[0] = 4.0
+        admission.finished(address, second, succeeded=True, now=now[0])
+        assert [c.text async for c in stream(service)] == ["Hello", " world"]  # nothing waits: taken
+        await pool.close()
+
+    loop_thread.run(scenario())
+
+
+def test_a_replica_takes_as_many_requests_as_its_slots_whatever_it_learned(loop_thread, serve):
+    """A llama.cpp replica runs 8 at once (shared.model_limits): 8 concurrent requests are all taken
+    after requests of 10 ms taught it that any wait is over the target, a ninth waits (one may), a tenth
+    is answered busy."""
+    async def scenario() -> None:
+        replica, address = await triton(serve, "stalls_after_first_token")
+        now = [0.0]
+        pool = ReplicaPool(clock=lambda: now[0])
+        chat_model = routed("chat-model", [address])
+        chat_model.model.runtime = "llamacpp"
+        table = RouteTable()
+        pool.follow_table(table)
+        table.apply(snapshot(chat_model))
+        service = InferenceService(table=table, pool=pool, limiter=RateLimiter(0), outcomes=RecordedOutcomes(),
+                                   timeout_s=30, max_output_tokens=64, queue_limit=1, queue_budget=1,
+                                   experiments=no_experiments())
+        for at in range(10):
+            done = pool.admission.started(address, slots=8, budget=1, now=at)
+            pool.admission.finished(address, done, succeeded=True, now=at + 0.01)
+        streams = []
+        for at in range(9):
+            now[0] = 100.0 + at
+            streams.append(stream(service))
+            assert (await anext(streams[-1])).text == "Hello"
+        with pytest.raises(Unavailable) as busy:
+            await anext(stream(service))
+        assert busy.value.reason == "ENDPOINT_BUSY" and "all 8 slots running and 1 more" in str(busy.value)
+        assert replica.requests == 9
+        replica.release.set()
+        for in_flight in streams:
+            assert [c.text async for c in in_flight] == [" world"]
         await pool.close()
 
     loop_thread.run(scenario())
