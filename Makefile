@@ -27,14 +27,17 @@ test: install llama-check proto
 test-fast: install llama-check proto
 	$(PY) -m pytest tests/unit tests/service $(PYTEST_ARGS)
 
-## bench: start the platform and its baselines, measure every scenario, print the table (docs/performance.md)
+## bench: start the platform and its baselines, measure every scenario, print the table (docs/performance.md);
+## the first run builds llama.cpp's own server, the concurrency scenarios' peer (11 minutes on 2 busy cores)
 bench: install llama-check proto $(VENV)/.bench-installed
 	$(PY) -m bench.peer
+	$(PY) -m bench.llama_server
 	$(PY) -m bench $(BENCH_ARGS)
 
 ## bench-quick: every scenario for a second each (CI: it fails only if a scenario gave no numbers)
 bench-quick: install llama-check proto $(VENV)/.bench-installed
 	$(PY) -m bench.peer
+	$(PY) -m bench.llama_server
 	$(PY) -m bench --quick --out build/bench-quick
 
 ## compose-check: docker-compose.yml for real: installs and starts Docker if missing, builds the images

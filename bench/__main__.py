@@ -12,9 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import peer, report, scenarios
+from . import concurrency, inprocess, llama_server, peer, report, scenarios
 from .scenarios import Bench, Row
-from .stack import QUEUE_PER_REPLICA, ROOT, Endpoint, Platform
+from .stack import ROOT, Endpoint, Platform
 
 
 def main() -> int:
@@ -31,21 +31,31 @@ def main() -> int:
     began = time.monotonic()
     platform = Platform(work / "platform")
     litellm = peer.LiteLLM(work / "litellm", delay_ms=2)
-    print(f"bench: starting the platform and LiteLLM {peer.version()} (logs in {work})", flush=True)
+    llama = llama_server.LlamaServer.like_replica(work / "llama-server", threads=inprocess.THREADS)
+    # The peers' own builds are needed only by the scenarios that run them (`make bench` makes both).
+    litellm_version = peer.version() if "peer" in args.only else None
+    with_llama = bool(LLAMA_SCENARIOS & set(args.only))
+    started = ["the platform", *([f"LiteLLM {litellm_version}"] if litellm_version else []),
+               *(["llama-server"] if with_llama else [])]
+    print(f"bench: starting {', '.join(started)} (logs in {work})", flush=True)
     try:
         platform.start()
         if "peer" in args.only:
             litellm.start()
+        if with_llama:
+            llama.start()
         bench = Bench(platform, duration_s=1.0 if args.quick else 5.0, quick=args.quick)
-        rows = asyncio.run(run(bench, litellm, args.only))
+        rows = asyncio.run(run(bench, litellm, litellm_version, llama, args.only))
     finally:
+        llama.stop()
         litellm.stop()
         platform.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     report.print_table(rows)
     json_path, png_path = report.write(rows, args.out, {
-        "quick": args.quick, "only": args.only, "litellm": peer.version(), "router_queue_per_replica": QUEUE_PER_REPLICA,
+        "quick": args.quick, "only": args.only, "litellm": litellm_version,
+        "llama_server": llama.describe(build=True) if with_llama else None,
         "took_s": round(time.monotonic() - began, 1)})
     print(f"bench: {json_path} and {png_path}, {time.monotonic() - began:.0f}s in all")
     empty = [f"{r.scenario} ({r.platform}, c={r.concurrency})" for r in rows
@@ -56,10 +66,13 @@ def main() -> int:
     return 0
 
 
-SCENARIOS = ("gateway", "peer", "experiments", "generation", "embeddings", "overload", "control-plane")
+SCENARIOS = ("gateway", "peer", "experiments", "generation", "concurrency", "shared-prefix", "embeddings", "overload",
+             "control-plane")
+LLAMA_SCENARIOS = {"concurrency", "shared-prefix"}  # against llama-server
 
 
-async def run(bench: Bench, litellm: peer.LiteLLM, only: list[str]) -> list[Row]:
+async def run(bench: Bench, litellm: peer.LiteLLM, litellm_version: str | None, llama: llama_server.LlamaServer,
+              only: list[str]) -> list[Row]:
     platform = bench.platform
     step = _steps()
     step("deploy: the bundled chat model (twice), echo models, the embedding model")
@@ -72,9 +85,11 @@ async def run(bench: Bench, litellm: peer.LiteLLM, only: list[str]) -> list[Row]
     embed = platform.deploy(platform.bundled("multilingual-e5-small")["id"], "bench-embed")
     selected = {
         "gateway": lambda: scenarios.gateway_overhead(bench),
-        "peer": lambda: scenarios.peer_gateway(bench, litellm, delayed, peer.version()),
+        "peer": lambda: scenarios.peer_gateway(bench, litellm, delayed, litellm_version),
         "experiments": lambda: scenarios.experiment_cost(bench),
         "generation": lambda: scenarios.generation(bench, generating, max_tokens=8 if bench.quick else 32),
+        "concurrency": lambda: concurrency.concurrency(bench, chat, llama),
+        "shared-prefix": lambda: concurrency.shared_prefix(bench, chat, llama),
         "embeddings": lambda: scenarios.embeddings(bench, embed),
         "overload": lambda: scenarios.overload(bench, chat),
         "control-plane": lambda: control_plane(bench, delayed),

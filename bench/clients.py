@@ -4,6 +4,7 @@ that says no. Clients are made once, before the clock starts, and reused as real
 from __future__ import annotations
 
 import json
+import time
 
 import aiohttp
 import grpc
@@ -15,7 +16,7 @@ from llmops.v1 import inference_pb2, inference_pb2_grpc
 from shared.identity import SERVICE_TOKEN_KEY
 from shared.settings import REPLICA_KEY_METADATA
 
-from .load import Refused
+from .load import Refused, Streamed
 from .stack import USER
 
 HEADERS = {**USER, "Content-Type": "application/json"}
@@ -86,11 +87,14 @@ class RouterGrpc:
 
 
 class Http:
-    """REST through Envoy: the envelope API and OpenAI's /v1."""
+    """REST through Envoy: the envelope API and OpenAI's /v1. `reuse` False: a connection per request, for a
+    server that closes its connections without saying so (llama-server, after every streamed answer: aiohttp
+    would write the next request into the closed socket, and fail every other request)."""
 
-    def __init__(self, base: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, base: str, headers: dict[str, str] | None = None, *, reuse: bool = True) -> None:
         self.base = base
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=headers or HEADERS)
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=not reuse),
+                                             headers=headers or HEADERS)
 
     async def post(self, path: str, body: dict) -> dict:
         async with self.session.post(f"{self.base}{path}", data=json.dumps(body)) as response:
@@ -128,5 +132,41 @@ class Http:
                     usage = chunk["usage"]
         return usage
 
+    async def v1_chat_streamed(self, body: dict) -> Streamed:
+        """POST a streamed /v1/chat/completions: when each chunk with content came, and the usage chunk's
+        counts. A refusal carries its Retry-After; an error inside the stream raises StreamFailed."""
+        began = time.perf_counter()
+        token_s, usage = [], {}
+        async with self.session.post(f"{self.base}/v1/chat/completions", data=json.dumps(
+                {**body, "stream": True, "stream_options": {"include_usage": True}})) as response:
+            if response.status != 200:
+                await response.read()
+                raise Refused(str(response.status), _seconds(response.headers.get("Retry-After")))
+            async for line in response.content:
+                if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    raise StreamFailed(str(chunk["error"])[:200])
+                if chunk.get("choices") and chunk["choices"][0].get("delta", {}).get("content"):
+                    token_s.append(time.perf_counter() - began)
+                usage = chunk.get("usage") or usage
+        if not usage:
+            raise StreamFailed("no usage chunk")
+        return Streamed(token_s, completion_tokens=usage["completion_tokens"], prompt_tokens=usage["prompt_tokens"],
+                        cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0))
+
     async def close(self) -> None:
         await self.session.close()
+
+
+class StreamFailed(Exception):
+    """A stream that began (200) and then said it failed, or ended without its usage."""
+
+
+def _seconds(retry_after: str | None) -> float | None:
+    """Retry-After in seconds; None where absent or an HTTP date (neither server here sends one)."""
+    try:
+        return float(retry_after) if retry_after is not None else None
+    except ValueError:
+        return None

@@ -16,11 +16,13 @@ Call = Callable[[], Awaitable[object]]
 
 
 class Refused(Exception):
-    """The platform answered, and said no: `kind` is what it said (an HTTP status, a gRPC code)."""
+    """The platform answered, and said no: `kind` is what it said (an HTTP status, a gRPC code);
+    `retry_after_s`, when it said how long to wait before trying again."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, retry_after_s: float | None = None) -> None:
         super().__init__(kind)
         self.kind = kind
+        self.retry_after_s = retry_after_s
 
 
 @dataclass
@@ -125,3 +127,80 @@ async def first_token_loop(call, *, concurrency: int, duration_s: float) -> tupl
     await asyncio.gather(*(caller() for _ in range(concurrency)))
     run.wall_s = time.perf_counter() - began
     return run, tokens
+
+
+@dataclass
+class Streamed:
+    """One streamed answer, as its client saw it."""
+
+    token_s: list[float]  # when each chunk with content arrived, in seconds after the request was sent
+    completion_tokens: int
+    prompt_tokens: int
+    cached_tokens: int    # of the prompt's, reused from an earlier request (usage.prompt_tokens_details)
+
+
+@dataclass
+class StreamRun(Run):
+    """A closed loop of streamed generations: latencies_s are the times to the first token."""
+
+    tokens: int = 0                                       # completion tokens of the answered requests
+    gaps_s: list[float] = field(default_factory=list)     # between consecutive chunks of one answer
+    prompt_tokens: list[int] = field(default_factory=list)
+    cached_tokens: int = 0
+
+    def add(self, answer: Streamed, took_s: float) -> None:
+        self.latencies_s.append(answer.token_s[0] if answer.token_s else took_s)
+        self.gaps_s += [b - a for a, b in zip(answer.token_s, answer.token_s[1:])]
+        self.tokens += answer.completion_tokens
+        self.prompt_tokens.append(answer.prompt_tokens)
+        self.cached_tokens += answer.cached_tokens
+
+    @property
+    def token_rate(self) -> float:
+        """Completion tokens per second, all callers together."""
+        return self.tokens / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def gap_p50_ms(self) -> float:
+        return float(np.percentile(self.gaps_s, 50) * 1000) if self.gaps_s else float("nan")
+
+    @property
+    def refused_share(self) -> float:
+        return sum(self.refused.values()) / self.requests if self.requests else 0.0
+
+
+async def stream_loop(call: Callable[[], Awaitable[Streamed]], *, concurrency: int, duration_s: float,
+                      warmup: int = 1) -> StreamRun:
+    """`concurrency` callers of streamed generations, each sending its next request when its last is
+    answered, after `warmup` requests one at a time (unmeasured). A refused caller waits what the
+    answer's Retry-After said (1 s where it said nothing) before its next request, as a client that
+    honours it does; never past the end of the measurement, which would only add idle time to it."""
+    spare = StreamRun()
+    for _ in range(warmup):
+        await _streamed(call, spare, float("inf"))
+    run = StreamRun()
+    began = time.perf_counter()
+    deadline = began + duration_s
+
+    async def caller() -> None:
+        while time.perf_counter() < deadline:
+            await _streamed(call, run, deadline)
+
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    run.wall_s = time.perf_counter() - began
+    return run
+
+
+async def _streamed(call: Callable[[], Awaitable[Streamed]], run: StreamRun, deadline: float) -> None:
+    began = time.perf_counter()
+    try:
+        answer = await call()
+    except Refused as exc:
+        run.refused[exc.kind] += 1
+        wait = 1.0 if exc.retry_after_s is None else exc.retry_after_s
+        await asyncio.sleep(max(0.0, min(wait, deadline - time.perf_counter())))
+        return
+    except Exception as exc:  # noqa: BLE001 - counted, shown in the table; the load goes on
+        run.failed[type(exc).__name__] += 1
+        return
+    run.add(answer, time.perf_counter() - began)

@@ -13,8 +13,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from .load import Run
+from .concurrency import MAX_TOKENS, PREFIX_SCENARIO, REUSE_TARGET, SERIAL, TENANTS
+from .concurrency import SCENARIO as CONCURRENCY_SCENARIO
+from .load import Run, StreamRun
 from .scenarios import Row
+
+OWN_TABLES = (CONCURRENCY_SCENARIO, PREFIX_SCENARIO)  # their rows are printed in tables of their own
 
 
 def _ms(value: float) -> str:
@@ -39,6 +43,8 @@ def table(rows: list[Row]) -> Table:
                  "added p50/p99 µs", "throughput base/plat", "ratio", "notes"):
         t.add_column(name, overflow="fold")
     for row in rows:
+        if row.scenario in OWN_TABLES:
+            continue
         base_t, plat_t = _throughput(row.base, row, "base"), _throughput(row.plat, row, "plat")
         has_base = bool(row.base.latencies_s) and bool(row.plat.latencies_s)
         added = (f"{(row.plat.p50_ms - row.base.p50_ms) * 1000:.0f} / {(row.plat.p99_ms - row.base.p99_ms) * 1000:.0f}"
@@ -50,6 +56,68 @@ def table(rows: list[Row]) -> Table:
                   _ratio(plat_t, base_t) if row.unit else _ratio(row.plat.p50_ms, row.base.p50_ms),
                   ", ".join(f"{k}={_short(v)}" for k, v in {**row.notes, **_errors(row)}.items()))
     return t
+
+
+def concurrency_table(rows: list[Row]) -> Table | None:
+    """Per level of users: each server's aggregate tokens/s, TTFT, inter-token latency and unanswered
+    requests; on the platform's line its ratios to llama-server and the issue's targets."""
+    levels: dict[int, dict[str, Row]] = {}
+    for row in rows:
+        if row.scenario == CONCURRENCY_SCENARIO:
+            levels.setdefault(row.concurrency, {})["serial" if row.baseline == SERIAL else "peer"] = row
+    if not levels:
+        return None
+    t = Table(title=f"{CONCURRENCY_SCENARIO}, max_tokens {MAX_TOKENS}, users of one replica: the platform against "
+                    "llama-server and against today's serial engine (issue 22's targets)")
+    for name in ("c", "server", "tokens/s", "TTFT p50 ms", "TTFT p99 ms", "ITL p50 ms", "refused", "failed",
+                 "tokens/s x", "TTFT p50 x", "targets"):
+        t.add_column(name, overflow="fold")
+    for users, pair in sorted(levels.items()):
+        peer, serial = pair.get("peer"), pair.get("serial")
+        lines = [(peer.baseline, peer.base)] if peer else []
+        lines.append((f"platform {(peer or serial).platform}", (peer or serial).plat))
+        if serial:
+            lines.append((SERIAL, serial.base))
+        for label, run in lines:
+            judged = peer is not None and run is peer.plat
+            notes = peer.notes if judged else {}
+            t.add_row(str(users), label, f"{run.token_rate:.1f}", _ms(run.p50_ms), _ms(run.p99_ms),
+                      _ms(run.gap_p50_ms), _count(run.refused, run.requests), _count(run.failed, run.requests),
+                      _times(notes["tokens_x"]) if judged else "", _times(notes["ttft_p50_x"]) if judged else "",
+                      ", ".join(f"{k} {v}" for k, v in notes.get("targets", {}).items()),
+                      end_section=label == lines[-1][0])
+    return t
+
+
+def prefix_table(rows: list[Row]) -> Table | None:
+    """Per server: TTFT when the tenants' system prompts repeat against when every one is unique."""
+    shown = [row for row in rows if row.scenario == PREFIX_SCENARIO]
+    if not shown:
+        return None
+    t = Table(title=f"{PREFIX_SCENARIO}, a system prompt of ~1,000 tokens each, {TENANTS} users: TTFT when the "
+                    f"prompts repeat and when every one is unique (target: >={REUSE_TARGET}x on the platform)")
+    for name in ("server", "TTFT p50 ms repeat/unique", "TTFT p99 ms repeat/unique", "unique/repeat p50",
+                 "cached tokens repeat/unique", "prompt tokens", "refused/failed", "targets"):
+        t.add_column(name, overflow="fold")
+    for row in shown:
+        reused, fresh = row.plat, row.base
+        prompts = reused.prompt_tokens + fresh.prompt_tokens
+        unanswered = sum(r.requests - len(r.latencies_s) for r in (reused, fresh))
+        sent = reused.requests + fresh.requests
+        t.add_row(str(row.notes["server"]), f"{_ms(reused.p50_ms)} / {_ms(fresh.p50_ms)}",
+                  f"{_ms(reused.p99_ms)} / {_ms(fresh.p99_ms)}", _times(row.notes["reuse_speedup"]),
+                  f"{reused.cached_tokens} / {fresh.cached_tokens}",
+                  f"{min(prompts)}-{max(prompts)}" if prompts else "", f"{unanswered} of {sent}",
+                  ", ".join(f"{k} {v}" for k, v in row.notes.get("targets", {}).items()))
+    return t
+
+
+def _times(ratio: float) -> str:
+    return "" if math.isnan(ratio) else f"{ratio:.2f}x"
+
+
+def _count(counter: dict[str, int], requests: int) -> str:
+    return f"{sum(counter.values())} ({sum(counter.values()) / requests:.0%})" if counter else "0"
 
 
 def _errors(row: Row) -> dict[str, object]:
@@ -88,9 +156,13 @@ def write(rows: list[Row], out_dir: Path, extra: dict) -> tuple[Path, Path]:
 
 
 def _run_json(run: Run) -> dict:
-    return {"requests": run.requests, "answered": len(run.latencies_s), "p50_ms": run.p50_ms, "p99_ms": run.p99_ms,
+    data = {"requests": run.requests, "answered": len(run.latencies_s), "p50_ms": run.p50_ms, "p99_ms": run.p99_ms,
             "throughput_per_s": run.throughput, "wall_s": run.wall_s, "refused": dict(run.refused),
             "failed": dict(run.failed)}
+    if isinstance(run, StreamRun):
+        data |= {"tokens": run.tokens, "tokens_per_s": run.token_rate, "itl_p50_ms": run.gap_p50_ms,
+                 "cached_tokens": run.cached_tokens, "prompt_tokens_max": max(run.prompt_tokens, default=0)}
+    return data
 
 
 def _row_json(row: Row) -> dict:
@@ -130,4 +202,8 @@ def plot(rows: list[Row], path: Path) -> None:
 
 
 def print_table(rows: list[Row]) -> None:
-    Console(width=220).print(table(rows))
+    console = Console(width=220)
+    console.print(table(rows))
+    for extra in (concurrency_table(rows), prefix_table(rows)):
+        if extra is not None:
+            console.print(extra)

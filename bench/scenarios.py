@@ -17,6 +17,8 @@ from . import inprocess
 from .load import Refused, Run, closed_loop, first_token_loop, open_loop
 from .stack import CHATML, ROOT, die_with_parent, Endpoint, Platform, free_ports
 
+from shared.model_limits import replica_slots  # noqa: E402, I001 - services, on sys.path through stack
+
 ADMIN_GRPC = (("x-user-id", "bench-admin"), ("x-user-roles", "admin"))
 
 PROMPT = "hello world"
@@ -45,14 +47,8 @@ class Bench:
         return await closed_loop(call, concurrency=concurrency, duration_s=self.duration_s)
 
 
-# The throughput scenarios run closed loops (16 clients, or 4 generating, on one replica): the
-# router's admission would shed their standing queue, which is its job (the overload scenario
-# measures it), so the models they call have it off.
-NO_ADMISSION = {"queue_budget": 0}
-
-
 def echo_model(platform: Platform, name: str, delay_ms: int = 0) -> dict:
-    metadata = {"chat_template": CHATML, "description": "echo: the prompt's words back", **NO_ADMISSION}
+    metadata = {"chat_template": CHATML, "description": "echo: the prompt's words back"}
     if delay_ms:
         metadata["delay_ms"] = delay_ms
     return platform.approved_model(name=name, version="1", type="chat", runtime="echo",
@@ -155,20 +151,22 @@ async def embeddings(bench: Bench, endpoint: Endpoint) -> list[Row]:
 
 async def overload(bench: Bench, chat: Endpoint) -> list[Row]:
     """Twice the chat endpoint's capacity, as arrivals at a fixed rate: the share answered 503/429
-    at once, and the p99 of the admitted requests against the unloaded p99."""
+    at once, and the p99 of the admitted requests against the p99 at capacity. Capacity is what its
+    slots give: the throughput of as many closed-loop users as the replicas have slots."""
     http = Http(bench.platform.base)
+    users = replica_slots("llamacpp", {}) * len(chat.replicas)
     try:
         def call():  # noqa: ANN202
             return http.chat(chat.name, PROMPT, 4)
-        unloaded = await bench.measure(call, 1)
-        capacity = unloaded.throughput
+        full = await bench.measure(call, users)
+        capacity = full.throughput
         loaded = await open_loop(call, rate=2 * capacity, duration_s=bench.duration_s * 3 if bench.quick else 30)
     finally:
         await http.close()
     shed = sum(loaded.refused[k] for k in ("503", "429"))
-    return [Row("overload, 2x capacity", "same endpoint unloaded", "open loop at 2x", 1, unloaded, loaded,
-                notes={"rate": round(2 * capacity, 1), "shed_share": shed / max(1, loaded.requests),
-                       "refused": dict(loaded.refused), "failed": dict(loaded.failed)})]
+    return [Row("overload, 2x capacity", f"same endpoint, {users} users (its slots)", "open loop at 2x", users, full,
+                loaded, notes={"rate": round(2 * capacity, 1), "shed_share": shed / max(1, loaded.requests),
+                               "refused": dict(loaded.refused), "failed": dict(loaded.failed)})]
 
 
 # control plane -----------------------------------------------------------------------------------------
@@ -218,10 +216,11 @@ async def rollback_under_traffic(bench: Bench, first: Endpoint, second_model_id:
 
 
 def generation_model(platform: Platform, bundled: dict) -> dict:
-    """The bundled chat model again, admission off (NO_ADMISSION), for the generation scenario."""
+    """The bundled chat model again, on a replica of its own (its cache and slots are not the chat
+    scenarios'), for the generation scenario. Its closed loops stay within the slots: never refused."""
     return platform.approved_model(name=f"{bundled['name']}-closed-loop", version="1", type="chat",
                                    runtime=bundled["runtime"], artifactUri=bundled["artifactUri"],
-                                   metadata={**bundled["metadata"], **NO_ADMISSION})
+                                   metadata=bundled["metadata"])
 
 
 def deploy_to_healthy(platform: Platform, model_id: str, name: str) -> tuple[Row, Endpoint]:

@@ -34,9 +34,6 @@ ADMIN = {"X-User-Id": "bench-admin", "X-User-Roles": "admin"}
 REGISTRAR = {"X-User-Id": "bench-registrar", "X-User-Roles": "researcher"}
 USER = {"X-User-Id": "bench-user", "X-User-Roles": "researcher"}
 SERVICES = ("registry", "deployment", "experiment", "router", "reflection")
-# Requests in flight per replica before the router answers 503: the default (8) would shed part of
-# the concurrency-16 load on one echo replica, which answers 64 at once.
-QUEUE_PER_REPLICA = 16
 
 
 def free_ports(count: int) -> list[int]:
@@ -88,7 +85,6 @@ class Platform:
             "LLMOPS_SUPERVISOR_METRICS_PORT": "0",
             "LLMOPS_SERVICE_TOKEN": self.token,
             "LLMOPS_RATE_LIMIT_PER_MINUTE": "0",
-            "LLMOPS_ROUTER_QUEUE_PER_REPLICA": str(QUEUE_PER_REPLICA),
             **{f"LLMOPS_{name.upper()}_PORT": str(port) for name, port in self.ports.items()},
         }
         self.base = f"http://127.0.0.1:{self.gateway_port}"
