@@ -113,7 +113,6 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.release = asyncio.Event()  # lets a stalled generation finish
         self.calls: list[str] = []  # how each stream ended: "ok" or "cancelled"
         self.prompts: list[str] = []  # each generation's text_input, as the router rendered it
-        self.streamed: list[bool] = []  # each generation's stream input
         self.linger_s = 0.0  # how long the call stays open after its last response, as Triton's may
         self.inputs: frozenset[str] | None = None  # the inputs its model declares (None: any); Triton refuses others
 
@@ -131,7 +130,6 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
         async for request in request_iterator:
             self.requests += 1
             self.prompts += [i.contents.bytes_contents[0].decode() for i in request.inputs if i.name == "text_input"]
-            self.streamed += [i.contents.bool_contents[0] for i in request.inputs if i.name == "stream"]
             behaviour = self.behaviour
             undeclared = [i.name for i in request.inputs if self.inputs is not None and i.name not in self.inputs]
             if undeclared:  # Triton 2.51's words, before the model sees the request
@@ -211,7 +209,7 @@ class RecordingPool:
         return next((a for a in addresses if a not in exclude), None)
 
     async def generate(self, address: str, model: str, prompt: str, sampling: Sampling,
-                       request_id: str, *, stream: bool = True) -> AsyncIterator[Chunk]:
+                       request_id: str) -> AsyncIterator[Chunk]:
         self.addresses.append(address)
         self.prompts.append(prompt)
         yield Chunk("ok", final=True, prompt_tokens=len(prompt), completion_tokens=1, finish_reason="stop")

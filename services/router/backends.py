@@ -302,13 +302,11 @@ class ReplicaPool:
                     self._forget(address)  # it left the route table while this request ran
 
     async def generate(self, address: str, model: str, prompt: str, sampling: Sampling,
-                       request_id: str, *, stream: bool = True) -> AsyncIterator[Chunk]:
-        """A generation from one replica: its text deltas as generated, or, not `stream`, all of it in the
-        final chunk (no response per token to carry for a caller who waits for the end anyway). Closing
-        the iterator cancels it on the replica."""
+                       request_id: str) -> AsyncIterator[Chunk]:
+        """Stream a generation from one replica. Closing the iterator cancels it on the replica."""
         inputs = [_tensor("text_input", [prompt], "BYTES"), _tensor("max_tokens", [sampling.max_tokens], "INT32"),
                   _tensor("temperature", [sampling.temperature], "FP32"), _tensor("top_p", [sampling.top_p], "FP32"),
-                  _tensor("stream", [stream], "BOOL")]
+                  _tensor("stream", [True], "BOOL")]
         if sampling.stop:
             inputs.append(_tensor("stop_words", list(sampling.stop), "BYTES"))
         inputs += sampling.optional_inputs()

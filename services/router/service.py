@@ -34,7 +34,7 @@ REQUESTS = Counter("llmops_inference_requests_total", "Inference requests by end
                    ["endpoint", "kind", "code"])
 LATENCY = Histogram("llmops_inference_latency_seconds", "Whole-request latency by endpoint and kind.",
                     ["endpoint", "kind"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128))
-TTFT = Histogram("llmops_inference_time_to_first_token_seconds", "Time to the first generated token, of streamed requests.",
+TTFT = Histogram("llmops_inference_time_to_first_token_seconds", "Time to the first generated token.",
                  ["endpoint"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8))
 TOKENS_PER_S = Histogram("llmops_inference_output_tokens_per_second", "Generation speed after the first token.",
                          ["endpoint"], buckets=(1, 5, 10, 25, 50, 100, 200, 400, 800))
@@ -192,8 +192,7 @@ class InferenceService:
             deadline, sent, failure = self._deadline(), False, None
             queued = QUEUED.labels(route.name)
             for address in self._replicas(route):
-                chunks = self._pool.generate(address, route.triton_model, prompt, sampling, request_id,
-                                             stream=not buffered)
+                chunks = self._pool.generate(address, route.triton_model, prompt, sampling, request_id)
                 held: list[Chunk] = []
                 queued.inc()
                 waiting = True
@@ -202,8 +201,8 @@ class InferenceService:
                         if waiting:  # the replica answers: no longer in its queue
                             queued.dec()
                             waiting = False
-                        if call.first_token_at is None and not buffered and (chunk.text or chunk.final):
-                            call.first_token_at = time.perf_counter()  # a unary call's text comes at its end
+                        if call.first_token_at is None and (chunk.text or chunk.final):
+                            call.first_token_at = time.perf_counter()
                         call.prompt_tokens, call.completion_tokens = chunk.prompt_tokens, chunk.completion_tokens
                         if buffered:
                             held.append(chunk)

@@ -222,7 +222,7 @@ class HeldPool:
         return None if self.full else next((a for a in addresses if a not in exclude), None)
 
     async def generate(self, address: str, model: str, prompt: str, sampling: Sampling,
-                       request_id: str, *, stream: bool = True) -> AsyncIterator[Chunk]:
+                       request_id: str) -> AsyncIterator[Chunk]:
         await self.release.wait()
         yield Chunk("ok", final=True, prompt_tokens=3, completion_tokens=1, finish_reason="stop")
 
@@ -451,8 +451,7 @@ def test_an_experiment_is_followed_into_the_registry_and_deployment_calls_it_mak
 
 
 def test_every_metric_on_the_dashboard_is_exported_by_the_platform(platform, echo):
-    # Inference metrics with samples: time to first token and tokens/s are a streamed request's.
-    chat(platform, "echo-obs", request_id=f"obs-metrics-{uuid.uuid4().hex}", stream=True)
+    chat(platform, "echo-obs", request_id=f"obs-metrics-{uuid.uuid4().hex}")  # inference metrics with samples
     texts = {name: platform.scrape(port) for name, port in platform.metrics.items()}
     texts["supervisor"] = platform.scrape(platform.ports["SUPERVISOR_METRICS"])
     texts["envoy"] = platform.scrape(platform.ports["GATEWAY_ADMIN"], "/stats/prometheus")

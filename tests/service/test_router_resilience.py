@@ -309,21 +309,6 @@ def test_no_retry_once_the_first_token_was_sent(loop_thread, serve):
     loop_thread.run(scenario())
 
 
-def test_a_unary_answer_asks_the_model_for_its_final_response_only(loop_thread, serve):
-    """No response a token for a caller who waits for the end: the model is sent stream false."""
-    async def scenario() -> None:
-        fake, address = await triton(serve)
-        pool = ReplicaPool()
-        service, _, _ = inference(pool, routed("chat-model", [address]))
-        await service.collect(await chat(service, buffered=True), "chat-model")
-        async for _ in stream(service):
-            pass
-        assert fake.streamed == [False, True]
-        await pool.close()
-
-    loop_thread.run(scenario())
-
-
 def test_a_unary_answer_is_retried_even_after_tokens_since_the_client_saw_none(loop_thread, serve):
     async def scenario() -> None:
         dying, broken = await triton(serve, "dies_after_first_token")
