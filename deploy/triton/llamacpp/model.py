@@ -412,13 +412,11 @@ class TritonPythonModel:
 
     def _grammar(self, guide_type, guide):
         """The grammar sampler of a guided request: llama.cpp's JSON grammar, or one from the JSON schema."""
-        import llama_cpp
-
         try:
             if guide_type == "json":
-                text, root = llama_cpp.llama_grammar.JSON_GBNF, "root"
+                text, root = self.lib.llama_grammar.JSON_GBNF, "root"
             elif guide_type == "json_schema":
-                grammar = llama_cpp.LlamaGrammar.from_json_schema(guide, verbose=False)
+                grammar = self.lib.LlamaGrammar.from_json_schema(guide, verbose=False)
                 text, root = grammar._grammar, grammar._root
             else:
                 raise InputError(f"input guided_decoding_guide_type must be json or json_schema, "
