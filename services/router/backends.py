@@ -374,11 +374,17 @@ class ReplicaPool:
                                    finish_reason=_text(outputs["finish_reason"][0]),
                                    cached_tokens=int(cached[0]) if len(cached) else 0)
 
-    async def embed(self, address: str, model: str, texts: list[str], request_id: str = "") -> tuple[np.ndarray, int]:
-        """The vectors, and the tokens of all texts together."""
-        text = _tensor("text", texts, "BYTES")
-        text.shape.insert(0, 1)  # one row of n strings, [1, n]: the model batches requests (max_batch_size > 0)
-        request = service_pb2.ModelInferRequest(model_name=model, id=request_id, inputs=[text])
+    async def embed(self, address: str, model: str, inputs: list[str] | list[list[int]],
+                    request_id: str = "") -> tuple[np.ndarray, int]:
+        """The vectors of `inputs`, strings or token-id arrays, and the tokens of all of them together."""
+        if inputs and not isinstance(inputs[0], str):  # the ids one after another, and each input's count
+            tensors = [_tensor("token_ids", [t for ids in inputs for t in ids], "INT32"),
+                       _tensor("token_id_lengths", [len(ids) for ids in inputs], "INT32")]
+        else:
+            tensors = [_tensor("text", inputs, "BYTES")]
+        for tensor in tensors:
+            tensor.shape.insert(0, 1)  # one row each, [1, n]: the model batches requests (max_batch_size > 0)
+        request = service_pb2.ModelInferRequest(model_name=model, id=request_id, inputs=tensors)
         request.outputs.add(name="embedding")
         request.outputs.add(name="token_count")
         async with self._lease(address) as client:
@@ -386,19 +392,21 @@ class ReplicaPool:
                 # Cancelling this call (the request's deadline, or its client gone) cancels it on the replica.
                 response = await client.stub.ModelInfer(request, metadata=client.metadata)
             except grpc.aio.AioRpcError as exc:  # the gRPC code, and Triton's message as its details
-                raise self._call_failed(address, exc, _triton_error) from exc
+                raise self._call_failed(address, exc, _triton_error, param="input") from exc
             outputs = _outputs(response)
             return outputs["embedding"][0], int(outputs["token_count"].sum())  # the row of [1, n, dim]
 
-    def _call_failed(self, address: str, exc: grpc.aio.AioRpcError,
-                     otherwise: Callable[[str], Exception]) -> Exception:
+    def _call_failed(self, address: str, exc: grpc.aio.AioRpcError, otherwise: Callable[[str], Exception],
+                     param: str | None = None) -> Exception:
         """A call to a replica that ended with a gRPC error: the replica's failure (another may answer),
-        the request's fault (INVALID_ARGUMENT), or `otherwise(details)`."""
+        the request's fault (INVALID_ARGUMENT, about `param` where the call has one the model reads),
+        or `otherwise(details)`."""
         details = exc.details() or exc.code().name.lower()
         if exc.code() == grpc.StatusCode.UNAVAILABLE or _REPLICA_CANNOT_SERVE.search(details):
             return self._failed(address, details)
         if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-            return InvalidArgument(f"the model rejected the request: {details}", reason="MODEL_REJECTED_INPUT")
+            return InvalidArgument(f"the model rejected the request: {details}", reason="MODEL_REJECTED_INPUT",
+                                   param=param)
         return otherwise(details)
 
     async def close(self) -> None:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, StrictInt, ValidationError, field_va
 from shared.errors import InvalidArgument
 
 from .prompting import Message, SamplingRequest
+from .tools import ToolCall, Tools, tools_from
 
 log = structlog.get_logger()
 
@@ -125,6 +126,7 @@ class _ChatMessage(BaseModel):
     content: str | list[_ContentPart] | None = None
     name: str | None = None
     tool_calls: list[Any] | None = None
+    tool_call_id: str | None = None
     function_call: Any = None
     refusal: str | None = None
 
@@ -166,12 +168,10 @@ class ChatCompletionBody(SampledBody):
                 raise _refuse(param, "is not supported by this platform's models")
         if self.modalities not in (None, ["text"]):
             raise _refuse("modalities", 'only ["text"] is supported')
-        if self.tools or self.functions:
-            param = "tools" if self.tools else "functions"
-            raise _refuse(param, "tool calling is not supported by this platform")
-        for param in ("tool_choice", "function_call"):
-            if getattr(self, param) not in (None, "none"):
-                raise _refuse(param, "tool calling is not supported by this platform")
+        if self.functions:
+            raise _refuse("functions", "the deprecated functions are not supported; send them as tools")
+        if self.function_call not in (None, "none"):
+            raise _refuse("function_call", "the deprecated function_call is not supported; use tool_choice")
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidArgument("top_logprobs needs logprobs: true", reason="INVALID_INPUT", param="top_logprobs")
         if self.store:
@@ -179,15 +179,19 @@ class ChatCompletionBody(SampledBody):
         if self.service_tier not in (None, "auto", "default"):
             raise _refuse("service_tier", 'only "auto" and "default" are supported')
 
+    def chat_tools(self) -> Tools | None:
+        return tools_from(self.tools, self.tool_choice, self.parallel_tool_calls)
+
     def chat_messages(self) -> list[Message]:
         out = []
         for i, m in enumerate(self.messages):
             where = f"messages[{i}]"
-            if m.role in ("tool", "function") or m.tool_calls or m.function_call is not None:
-                raise _refuse(where + (".role" if m.role in ("tool", "function") else ".tool_calls"),
-                              "tool calling is not supported by this platform")
+            if m.role == "function" or m.function_call is not None:
+                raise _refuse(where + (".role" if m.role == "function" else ".function_call"),
+                              "the deprecated function messages are not supported; use tool_calls and tool messages")
+            calls = tuple(_tool_call(call, f"{where}.tool_calls[{j}]") for j, call in enumerate(m.tool_calls or ()))
             out.append(Message(ROLE_ALIASES.get(m.role, m.role), _text_of(m.content, f"{where}.content"),
-                               m.name or ""))
+                               m.name or "", tool_calls=calls, tool_call_id=m.tool_call_id or ""))
         return out
 
     def sampling(self) -> SamplingRequest:
@@ -204,6 +208,21 @@ class ChatCompletionBody(SampledBody):
             logit_bias=self.token_bias(), logprobs=bool(self.logprobs), top_logprobs=self.top_logprobs or 0,
             response_format=fmt.type if fmt else None,
             json_schema=(fmt.json_schema or {}).get("schema") if fmt else None)
+
+
+def _tool_call(call: Any, where: str) -> ToolCall:
+    """One of an assistant message's tool_calls, as OpenAI's reference gives it."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or call.get("type", "function") != "function":
+        raise InvalidArgument(f'{where} must be {{"id", "type": "function", "function": {{"name", "arguments"}}}}',
+                              reason="INVALID_INPUT", param=where)
+    for key in ("name", "arguments"):
+        if not isinstance(function.get(key), str):
+            raise InvalidArgument(f"{where}.function.{key} must be a string", reason="INVALID_INPUT",
+                                  param=f"{where}.function.{key}")
+    if not isinstance(call.get("id"), str) or not call["id"]:
+        raise InvalidArgument(f"{where}.id must be a non-empty string", reason="INVALID_INPUT", param=f"{where}.id")
+    return ToolCall(call["id"], function["name"], function["arguments"])
 
 
 def _text_of(content: str | list[_ContentPart] | None, param: str) -> str:
@@ -271,17 +290,8 @@ class EmbeddingBody(_Body):
     dimensions: StrictInt | None = None
     user: str | None = None
 
-    def texts(self) -> list[str]:
-        value = self.input
-        if isinstance(value, str):
-            return [value]
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return value
-        if value is None:
-            raise InvalidArgument("input is required", reason="INVALID_INPUT", param="input")
-        if isinstance(value, list) and all(isinstance(v, (int, list)) and not isinstance(v, bool) for v in value):
-            raise _refuse("input", "token-id arrays are not supported; send the input as text")
-        raise InvalidArgument("input must be a string or an array of strings", reason="INVALID_INPUT", param="input")
+    def inputs(self) -> tuple[list[str], list[list[int]]]:
+        return embedding_input(self.input)
 
     def refusals(self) -> None:
         if self.encoding_format not in (None, "float", "base64"):
@@ -289,6 +299,40 @@ class EmbeddingBody(_Body):
                                   reason="INVALID_INPUT", param="encoding_format")
         if self.dimensions is not None and self.dimensions < 1:
             raise InvalidArgument("dimensions must be at least 1", reason="INVALID_INPUT", param="dimensions")
+
+
+def embedding_input(value: Any, *, integral_floats: bool = False) -> tuple[list[str], list[list[int]]]:
+    """OpenAI's embeddings input, (texts, token_ids) with one of them empty: a string, an array of
+    strings, an array of token ids (one input) or an array of such arrays. Ids are the endpoint's own
+    tokenizer's, as vLLM reads them; the model checks them against its vocabulary, the router that
+    each is a whole number an INT32 tensor holds. integral_floats: 3.0 is id 3 (a protobuf Value's
+    numbers are all doubles); in OpenAI's JSON an id is an integer."""
+    if value is None:
+        raise InvalidArgument("input is required", reason="INVALID_INPUT", param="input")
+    if isinstance(value, str):
+        return [value], []
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value, []
+    if isinstance(value, list) and all(isinstance(v, list) for v in value):
+        return [], [_token_ids(v, f"input[{i}]", integral_floats) for i, v in enumerate(value)]
+    if isinstance(value, list) and not any(isinstance(v, (str, list, dict)) for v in value):
+        return [], [_token_ids(value, "input", integral_floats)]
+    raise InvalidArgument("input must be a string, an array of strings, an array of token ids or an array of "
+                          "token-id arrays (not a mix of these)", reason="INVALID_INPUT", param="input")
+
+
+def _token_ids(values: list, where: str, integral_floats: bool) -> list[int]:
+    if not values:
+        raise InvalidArgument(f"{where} is an empty token-id array", reason="EMPTY_INPUT", param="input")
+    ids = []
+    for j, v in enumerate(values):
+        if integral_floats and isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_TOKEN_ID:
+            raise InvalidArgument(f"{where}[{j}]: {json.dumps(v)[:32]} is not a token id (a whole number from 0 to "
+                                  f"{MAX_TOKEN_ID})", reason="INVALID_INPUT", param="input")
+        ids.append(v)
+    return ids
 
 
 def parse(body_type: type[_Body], data: bytes) -> Any:
@@ -384,9 +428,18 @@ def completion_choice(*, index: int = 0, text: str = "", finish_reason: str | No
     return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
-def chat_message_choice(index: int, text: str, finish_reason: str, logprobs: dict[str, Any] | None) -> dict[str, Any]:
-    return {"index": index, "message": {"role": "assistant", "content": text, "refusal": None},
-            "logprobs": logprobs, "finish_reason": finish_reason}
+def tool_call(call: ToolCall, index: int | None = None) -> dict[str, Any]:
+    """A message's tool call; with index, a stream's tool-call delta."""
+    out = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+    return out if index is None else {"index": index, **out}
+
+
+def chat_message_choice(index: int, text: str, finish_reason: str, logprobs: dict[str, Any] | None,
+                        calls: list[ToolCall] | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+    if calls:  # as OpenAI answers a call: content null unless the model also wrote words
+        message.update(content=text or None, tool_calls=[tool_call(c) for c in calls])
+    return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
 def completion_object(kind: str, generations: list, choices: list[dict[str, Any]]) -> bytes:

@@ -9,7 +9,7 @@ import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import Template
 
@@ -18,6 +18,9 @@ from shared.templating import TEMPLATE_RENDER_SECONDS, compile_template, render_
 
 from .backends import Sampling
 from .structured_output import check_json_schema
+
+if TYPE_CHECKING:
+    from .tools import ToolCall
 
 ROLES = ("system", "user", "assistant")
 MAX_STOP_WORDS = 4
@@ -40,6 +43,9 @@ class Message:
     role: str
     content: str
     name: str = ""
+    # An assistant message's calls, and the call a tool message answers (tools.model_messages renders both).
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,8 @@ class SamplingRequest:
     top_logprobs: int = 0
     # The name of max_tokens as the caller wrote it (OpenAI's newer max_completion_tokens).
     max_tokens_param: str = "max_tokens"
+    # With tools: the JSON schema of the answer (tools.Tools.guide, checked), in place of response_format.
+    tools_guide: str = ""
 
 
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
@@ -121,7 +129,7 @@ def check_sampling(request: SamplingRequest, *, default_max_tokens: int, limit: 
     if not 0 <= request.top_logprobs <= MAX_TOP_LOGPROBS:
         raise InvalidArgument(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}; got {request.top_logprobs}",
                               reason="INVALID_SAMPLING", param="top_logprobs")
-    guide_type, guide = "", ""
+    guide_type, guide = ("json_schema", request.tools_guide) if request.tools_guide else ("", "")
     if request.response_format not in (None, "", "text"):
         if request.response_format not in RESPONSE_FORMATS:
             raise InvalidArgument(f"response_format.type must be one of {', '.join(RESPONSE_FORMATS)}; got "
@@ -141,20 +149,35 @@ def check_sampling(request: SamplingRequest, *, default_max_tokens: int, limit: 
 
 
 async def render_chat(metadata: dict[str, Any], messages: list[Message], *, system_template: str | None = None,
-                      template_variables: dict[str, Any] | None = None) -> str:
+                      template_variables: dict[str, Any] | None = None, system_suffix: str = "") -> str:
     """The model's prompt for a chat. With system_template (an experiment's), that template, rendered
-    with template_variables, replaces the caller's system messages; both render in one trip to the pool."""
+    with template_variables, replaces the caller's system messages; both render in one trip to the pool.
+    system_suffix (the tools' instructions) ends the system message, whichever it is."""
     source = metadata.get("chat_template") or DEFAULT_CHAT_TEMPLATE
     if not isinstance(source, str):  # registered before the registry checked metadata
         raise InvalidArgument(f"{CHAT_TEMPLATE} is not a string; register a new model version with a valid one",
                               reason="TEMPLATE_ERROR")
-    if system_template is None and source == DEFAULT_CHAT_TEMPLATE:
-        return chatml(messages)  # the platform's own template: no trip to the pool
+    if system_template is None:
+        messages = with_system_suffix(messages, system_suffix)
+        if source == DEFAULT_CHAT_TEMPLATE:
+            return chatml(messages)  # the platform's own template: no trip to the pool
     variables = {"messages": [message_variables(m) for m in messages],
                  "add_generation_prompt": True}
     render = _render_chat_now if system_template is None else functools.partial(
-        _render_with_system_now, system_template, template_variables or {})
+        _render_with_system_now, system_template, template_variables or {}, system_suffix)
     return await _render_in_pool(render, source, variables, CHAT_TEMPLATE)
+
+
+def with_system_suffix(messages: list[Message], suffix: str) -> list[Message]:
+    """messages with suffix at the end of the first system message (a new first one if there is none)."""
+    if not suffix:
+        return messages
+    at = next((i for i, m in enumerate(messages) if m.role == "system"), None)
+    if at is None:
+        return [Message("system", suffix), *messages]
+    system = messages[at]
+    return [*messages[:at], Message("system", f"{system.content}\n\n{suffix}" if system.content.strip() else suffix,
+                                    system.name), *messages[at + 1:]]
 
 
 def chatml(messages: list[Message]) -> str:
@@ -191,9 +214,11 @@ def _render_chat_now(source: str, variables: dict[str, Any]) -> str:
     return render_template(_compiled(source), variables, CHAT_TEMPLATE)
 
 
-def _render_with_system_now(system_source: str, system_variables: dict[str, Any], source: str,
+def _render_with_system_now(system_source: str, system_variables: dict[str, Any], system_suffix: str, source: str,
                             variables: dict[str, Any]) -> str:
     system = _render_prompt_now(system_source, system_variables)
+    if system_suffix:
+        system = f"{system}\n\n{system_suffix}" if system.strip() else system_suffix
     kept = [m for m in variables["messages"] if m["role"] != "system"]
     messages = [{"role": "system", "content": system}, *kept] if system.strip() else kept
     return _render_chat_now(source, {**variables, "messages": messages})

@@ -27,6 +27,7 @@ from .outcomes import Outcome, OutcomeSink, observes_variant
 from .prompting import (Message, SamplingRequest, check_messages, check_sampling, message_variables, model_stop_words,
                         render_chat, render_prompt_template)
 from .routes import Route, RouteTable
+from .tools import Tools, model_messages
 
 log = structlog.get_logger()
 
@@ -65,12 +66,13 @@ class Generation:
 
 @dataclass(frozen=True)
 class Answer:
-    """A generation about to run: its chunks, the experiment that chose its prompt, if any, and how
-    many choices of its request may run at once (choice_share)."""
+    """A request about to run: its choices' chunks as they are generated, each with its choice's
+    index (OpenAI's n; ChoiceTurns), and the experiment that chose its prompt, if any. The request
+    counts once against the caller's rate limit and records one outcome, whatever its n."""
 
-    chunks: AsyncIterator[Chunk]
+    choices: AsyncIterator[tuple[int, Chunk]]
     experiment: Assignment | None
-    share: int = 1
+    n: int = 1
 
 
 def experiment_fields(assignment: Assignment) -> dict[str, str]:
@@ -87,11 +89,16 @@ class Embeddings:
 
 @dataclass
 class _Call:
-    """What one request produced, for its metrics and outcome record."""
+    """What one request produced, for its metrics and outcome record: the prompt once, the
+    completion tokens of each of its choices."""
 
     prompt_tokens: int = 0
-    completion_tokens: int = 0
+    choice_tokens: dict[int, int] = dataclasses.field(default_factory=dict)
     first_token_at: float | None = None
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(self.choice_tokens.values())
 
 
 @dataclass(frozen=True)
@@ -118,13 +125,16 @@ class InferenceService:
     # generation ----------------------------------------------------------------------------------------------
 
     async def chat_stream(self, *, actor: Identity, name: str, messages: list[Message], sampling: SamplingRequest,
-                          variables: dict[str, Any] | None = None, buffered: bool = False,
-                          environment: str | None = None) -> Answer:
+                          n: int | None = None, tools: Tools | None = None, variables: dict[str, Any] | None = None,
+                          buffered: bool = False, environment: str | None = None) -> Answer:
         """Check and render now (errors before any chunk); the answer's chunks come as generated, or,
-        buffered (a unary call), all at once at the end, so that a replica that fails mid-generation
-        is retried on another, the client having seen nothing."""
+        buffered (a unary call), each choice's all at once at its end, so that a replica that fails
+        mid-generation is retried on another, the client having seen nothing. With tools, the model
+        answers in the tools' JSON (tools.py), which the caller reads with tools.reader()."""
         route = await self._route(name, environment, kinds=("chat", "completion"))
-        messages = check_messages(messages)
+        if tools is not None:
+            sampling = tool_sampling(sampling, tools)
+        messages = check_messages(model_messages(messages, tools))
         assignment = await self._assign(route, actor, "chat")
         template_variables = None
         if assignment is not None:  # the experiment's template is the system prompt
@@ -134,16 +144,17 @@ class InferenceService:
                 "messages": [message_variables(m) for m in messages],
                 "user": actor.user_id, "endpoint": route.name}
         prompt = await render_chat(route.metadata, messages, system_template=assignment and assignment.template,
-                                   template_variables=template_variables)
+                                   template_variables=template_variables,
+                                   system_suffix=tools.instructions() if tools else "")
         if not prompt.strip():  # nothing for the model to continue: the template's doing, not the replica's
             raise InvalidArgument(f"the chat template of endpoint {name} rendered an empty prompt for these "
                                   "messages", reason="EMPTY_PROMPT")
         check_prompt_length(route, prompt, "messages")
-        return Answer(self._generate(actor, route, prompt, self._sampling(route, sampling), kind="chat",
-                                     buffered=buffered, assignment=assignment), assignment, choice_share(route))
+        return self._answer(actor, route, prompt, self._samplings(route, sampling, n), kind="chat",
+                            buffered=buffered, assignment=assignment)
 
     async def complete_stream(self, *, actor: Identity, name: str, prompt: str, sampling: SamplingRequest,
-                              variables: dict[str, Any] | None = None, buffered: bool = False,
+                              n: int | None = None, variables: dict[str, Any] | None = None, buffered: bool = False,
                               environment: str | None = None) -> Answer:
         route = await self._route(name, environment, kinds=("chat", "completion"))
         if not prompt.strip():
@@ -156,8 +167,8 @@ class InferenceService:
                 raise InvalidArgument(f"the experiment's prompt template rendered an empty prompt on endpoint "
                                       f"{name}", reason="EMPTY_PROMPT")
         check_prompt_length(route, prompt, "prompt")
-        return Answer(self._generate(actor, route, prompt, self._sampling(route, sampling), kind="completion",
-                                     buffered=buffered, assignment=assignment), assignment, choice_share(route))
+        return self._answer(actor, route, prompt, self._samplings(route, sampling, n), kind="completion",
+                            buffered=buffered, assignment=assignment)
 
     async def _assign(self, route: Route, actor: Identity, kind: str) -> Assignment | None:
         """The experiment that chooses this request's prompt, if any. Experiments name an endpoint of
@@ -168,78 +179,103 @@ class InferenceService:
         await self._experiments.wait_synced()
         return self._experiments.assign(route.endpoint_id, actor.user_id, kind)
 
-    async def collect(self, answer: Answer, name: str) -> Generation:
-        text, logprobs, last = [], [], Chunk("")
-        async for chunk in answer.chunks:
-            text.append(chunk.text)
-            logprobs += chunk.logprobs
-            last = chunk
-        return Generation(id=f"chatcmpl-{current_request_id() or uuid.uuid4()}", created=int(time.time()),
-                          model=name, text="".join(text), finish_reason=last.finish_reason,
-                          prompt_tokens=last.prompt_tokens, completion_tokens=last.completion_tokens,
-                          experiment=answer.experiment, logprobs=tuple(logprobs), cached_tokens=last.cached_tokens)
+    async def collect(self, answer: Answer, name: str) -> list[Generation]:
+        """Each choice's whole generation, in index order."""
+        texts: list[list[str]] = [[] for _ in range(answer.n)]
+        logprobs: list[list[dict]] = [[] for _ in range(answer.n)]
+        last = [Chunk("")] * answer.n
+        async for index, chunk in answer.choices:
+            texts[index].append(chunk.text)
+            logprobs[index] += chunk.logprobs
+            last[index] = chunk
+        request_id, created = f"chatcmpl-{current_request_id() or uuid.uuid4()}", int(time.time())
+        return [Generation(id=request_id, created=created, model=name, text="".join(text),
+                           finish_reason=end.finish_reason, prompt_tokens=end.prompt_tokens,
+                           completion_tokens=end.completion_tokens, experiment=answer.experiment,
+                           logprobs=tuple(entries), cached_tokens=end.cached_tokens)
+                for text, entries, end in zip(texts, logprobs, last, strict=True)]
 
-    def _sampling(self, route: Route, request: SamplingRequest) -> Sampling:
+    def _samplings(self, route: Route, request: SamplingRequest, n: int | None) -> list[Sampling]:
+        """One sampling per choice (choice_samplings), each checked against the route's limits."""
         limit = min(self._max_output, context_length(route.metadata))
-        sampling = check_sampling(request, default_max_tokens=min(DEFAULT_MAX_TOKENS, limit), limit=limit)
-        return dataclasses.replace(sampling, stop=sampling.stop + model_stop_words(route.metadata))
+        checked = [check_sampling(choice, default_max_tokens=min(DEFAULT_MAX_TOKENS, limit), limit=limit)
+                   for choice in choice_samplings(request, n)]
+        return [dataclasses.replace(s, stop=s.stop + model_stop_words(route.metadata)) for s in checked]
 
-    async def _generate(self, actor: Identity, route: Route, prompt: str, sampling: Sampling, *,
-                        kind: str, buffered: bool, assignment: Assignment | None) -> AsyncIterator[Chunk]:
+    def _answer(self, actor: Identity, route: Route, prompt: str, samplings: list[Sampling], *, kind: str,
+                buffered: bool, assignment: Assignment | None) -> Answer:
+        return Answer(self._run(actor, route, prompt, samplings, kind=kind, buffered=buffered,
+                                assignment=assignment), assignment, len(samplings))
+
+    async def _run(self, actor: Identity, route: Route, prompt: str, samplings: list[Sampling], *, kind: str,
+                   buffered: bool, assignment: Assignment | None) -> AsyncIterator[tuple[int, Chunk]]:
+        """The request: once against the rate limit and one outcome record, its choices taking turns."""
         await self._limiter.check(actor.user_id)
         request_id = current_request_id() or str(uuid.uuid4())
         async with self._accounted(actor, route, kind, assignment) as call:
-            deadline, sent, failure = self._deadline(), False, None
-            queued = QUEUED.labels(route.name)
-            for address in self._replicas(route):
-                chunks = self._pool.generate(address, route.triton_model, prompt, sampling, request_id)
-                held: list[Chunk] = []
-                queued.inc()
-                waiting = True
-                try:
-                    while (chunk := await self._upstream(anext(chunks, None), deadline)) is not None:
-                        if waiting:  # the replica answers: no longer in its queue
-                            queued.dec()
-                            waiting = False
-                        if call.first_token_at is None and (chunk.text or chunk.final):
-                            call.first_token_at = time.perf_counter()
-                        call.prompt_tokens, call.completion_tokens = chunk.prompt_tokens, chunk.completion_tokens
-                        if buffered:
-                            held.append(chunk)
-                            continue
-                        sent = True
-                        yield chunk  # outside any timeout: the deadline never cancels the caller's code
-                    for chunk in held:
-                        yield chunk
-                    return
-                except ReplicaFailure as exc:
-                    if sent:  # the client has tokens of this answer: another replica cannot continue it
-                        raise Unavailable(f"the replica failed mid-request: {exc}", reason="REPLICA_FAILED") from exc
-                    failure, call.first_token_at = exc, None
-                    log.warning("replica failed before the first token; trying another", replica=address,
-                                error=str(exc))
-                finally:
-                    if waiting:
+            generations = [self._generate(route, prompt, sampling, call, index, request_id, buffered=buffered)
+                           for index, sampling in enumerate(samplings)]
+            async with contextlib.aclosing(merge(generations, choice_share(route))) as choices:
+                async for item in choices:
+                    yield item  # outside any timeout: the deadline never cancels the caller's code
+
+    async def _generate(self, route: Route, prompt: str, sampling: Sampling, call: _Call, index: int,
+                        request_id: str, *, buffered: bool) -> AsyncIterator[Chunk]:
+        """One choice's chunks, from the first replica that answers."""
+        deadline, sent, failure = self._deadline(), False, None
+        queued = QUEUED.labels(route.name)
+        for address in self._replicas(route):
+            chunks = self._pool.generate(address, route.triton_model, prompt, sampling, request_id)
+            held: list[Chunk] = []
+            queued.inc()
+            waiting, first_token_at = True, call.first_token_at
+            try:
+                while (chunk := await self._upstream(anext(chunks, None), deadline)) is not None:
+                    if waiting:  # the replica answers: no longer in its queue
                         queued.dec()
-                    await chunks.aclose()
-            raise _no_replica_left(route, failure)
+                        waiting = False
+                    if call.first_token_at is None and (chunk.text or chunk.final):
+                        call.first_token_at = time.perf_counter()
+                    call.prompt_tokens, call.choice_tokens[index] = chunk.prompt_tokens, chunk.completion_tokens
+                    if buffered:
+                        held.append(chunk)
+                        continue
+                    sent = True
+                    yield chunk  # outside any timeout: the deadline never cancels the caller's code
+                for chunk in held:
+                    yield chunk
+                return
+            except ReplicaFailure as exc:
+                if sent:  # the client has tokens of this answer: another replica cannot continue it
+                    raise Unavailable(f"the replica failed mid-request: {exc}", reason="REPLICA_FAILED") from exc
+                failure, call.first_token_at, call.choice_tokens[index] = exc, first_token_at, 0
+                log.warning("replica failed before the first token; trying another", replica=address,
+                            error=str(exc))
+            finally:
+                if waiting:
+                    queued.dec()
+                await chunks.aclose()
+        raise _no_replica_left(route, failure)
 
     # embeddings and health -----------------------------------------------------------------------------------
 
-    async def embed(self, *, actor: Identity, name: str, texts: list[str],
-                    environment: str | None = None) -> Embeddings:
+    async def embed(self, *, actor: Identity, name: str, texts: list[str] | None = None,
+                    token_ids: list[list[int]] | None = None, environment: str | None = None) -> Embeddings:
+        """The vectors of `texts`, or of `token_ids`: arrays of the ids of the endpoint's own tokenizer, each
+        one input, which the model embeds as the text they spell (deploy/triton/embedding/model.py)."""
         route = await self._route(name, environment, kinds=("embedding",))
-        if not texts or any(not t.strip() for t in texts):
-            raise InvalidArgument("input must be a non-empty string or a list of non-empty strings",
-                                  reason="EMPTY_INPUT", param="input")
-        check_embedding_input(route.name, texts, EmbeddingLimits.from_metadata(route.metadata))
+        inputs = token_ids or texts or []
+        if not inputs or any(not (i.strip() if isinstance(i, str) else i) for i in inputs):
+            raise InvalidArgument("input must be a non-empty string, a list of non-empty strings or non-empty "
+                                  "token-id arrays", reason="EMPTY_INPUT", param="input")
+        check_embedding_input(route.name, inputs, EmbeddingLimits.from_metadata(route.metadata))
         await self._limiter.check(actor.user_id)
         async with self._accounted(actor, route, "embedding") as call:
             deadline, failure = self._deadline(), None
             for address in self._replicas(route):
                 try:
                     vectors, call.prompt_tokens = await self._upstream(
-                        self._pool.embed(address, route.triton_model, texts, current_request_id()), deadline)
+                        self._pool.embed(address, route.triton_model, inputs, current_request_id()), deadline)
                     break
                 except ReplicaFailure as exc:
                     failure = exc
@@ -375,6 +411,18 @@ class InferenceService:
         return route
 
 
+def tool_sampling(request: SamplingRequest, tools: Tools) -> SamplingRequest:
+    """The sampling of a request with tools: its answer is the tools' JSON, under their grammar."""
+    if request.response_format not in (None, "", "text"):
+        raise InvalidArgument("response_format: the answer of a request with tools is the tools' JSON; send "
+                              'tool_choice "none" for a response_format answer', reason="UNSUPPORTED_PARAMETER",
+                              param="response_format")
+    if request.logprobs:
+        raise InvalidArgument("logprobs: a request with tools gives no log-probabilities (its tokens are the "
+                              "tools' JSON, not the content's)", reason="UNSUPPORTED_PARAMETER", param="logprobs")
+    return dataclasses.replace(request, tools_guide=tools.guide)
+
+
 def choice_samplings(sampling: SamplingRequest, n: int | None) -> list[SamplingRequest]:
     """One sampling per choice (OpenAI's n). With a seed, choice i samples with seed + i: the
     choices differ from each other, and the same request gives the same choices again."""
@@ -417,34 +465,19 @@ class ChoiceTurns:
                 raise
 
 
-async def collect_all(service: InferenceService, answers: list[Answer], name: str) -> list[Generation]:
-    """The choices' generations, taking turns (ChoiceTurns); the first failure is raised once the running
-    ones have ended. One failing does not cancel the others: Triton 2.51 can crash on a stream cancelled
-    just as it completes (triton-inference-server/server#8078), and choices mostly fail together (bad input)."""
-    if len(answers) == 1:
-        return [await service.collect(answers[0], name)]
-    turns = ChoiceTurns(answers[0].share)
-
-    async def in_turn(answer: Answer) -> Generation | None:
-        async with turns.turn() as mine:
-            return await service.collect(answer, name) if mine else None
-
-    results = await asyncio.gather(*(in_turn(a) for a in answers), return_exceptions=True)
-    if failed := next((r for r in results if isinstance(r, BaseException)), None):
-        raise failed
-    return results
-
-
-async def merge(answers: list[Answer]) -> AsyncIterator[tuple[int, Chunk]]:
-    """The chunks of the choices' generations as they come, each with its choice's index; the choices
-    take turns (ChoiceTurns). After a failure the running ones run to their end unread and the others
-    never start (see collect_all); a consumer that goes away cancels them."""
-    if len(answers) == 1:
-        async for chunk in answers[0].chunks:
-            yield 0, chunk
+async def merge(generations: list[AsyncIterator[Chunk]], share: int) -> AsyncIterator[tuple[int, Chunk]]:
+    """The chunks of a request's choices as they come, each with its choice's index; the choices
+    take turns (ChoiceTurns). After a failure the running ones run to their end unread, and the
+    others never start: one failing does not cancel the others, as Triton 2.51 can crash on a
+    stream cancelled just as it completes (triton-inference-server/server#8078), and choices
+    mostly fail together (bad input). A consumer that goes away cancels them."""
+    if len(generations) == 1:
+        async with contextlib.aclosing(generations[0]) as chunks:  # closed now, not when collected
+            async for chunk in chunks:
+                yield 0, chunk
         return
     queue: asyncio.Queue[tuple[int, Chunk | BaseException | None]] = asyncio.Queue()
-    turns = ChoiceTurns(answers[0].share)
+    turns = ChoiceTurns(share)
 
     async def pump(index: int, chunks: AsyncIterator[Chunk]) -> None:
         try:
@@ -457,7 +490,7 @@ async def merge(answers: list[Answer]) -> AsyncIterator[tuple[int, Chunk]]:
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
             await queue.put((index, exc))
 
-    tasks = [asyncio.create_task(pump(i, a.chunks), name=f"choice-{i}") for i, a in enumerate(answers)]
+    tasks = [asyncio.create_task(pump(i, chunks), name=f"choice-{i}") for i, chunks in enumerate(generations)]
     failed = False
     try:
         running = len(tasks)
@@ -488,23 +521,30 @@ def check_prompt_length(route: Route, prompt: str, param: str) -> None:
             param=param)
 
 
-def check_embedding_input(endpoint: str, texts: list[str], limits: EmbeddingLimits) -> None:
-    """Refuse, before anything reaches Triton, what cannot fit the model's limits; the model
-    counts the tokens of the rest exactly (the same limits) before it embeds anything."""
-    if len(texts) > limits.inputs:
-        raise InvalidArgument(f"input holds {len(texts)} strings; endpoint {endpoint} takes at most {limits.inputs} "
+def check_embedding_input(endpoint: str, inputs: list[str] | list[list[int]], limits: EmbeddingLimits) -> None:
+    """Refuse, before anything reaches Triton, what cannot fit the model's limits: more inputs, or
+    inputs of more characters than CHARS_PER_TOKEN_BOUND a token, or of more token ids than tokens
+    (the model adds its prefix and special tokens to ids too). The model counts the tokens of the rest
+    exactly (the same limits) before it embeds anything."""
+    if inputs and not isinstance(inputs[0], str):
+        kind, unit, input_bound, request_bound = ("token-id arrays", "token ids", limits.input_tokens,
+                                                   limits.request_tokens)
+    else:
+        kind, unit, input_bound, request_bound = "strings", "characters", limits.input_chars, limits.request_chars
+    if len(inputs) > limits.inputs:
+        raise InvalidArgument(f"input holds {len(inputs)} {kind}; endpoint {endpoint} takes at most {limits.inputs} "
                               "per request", reason="TOO_MANY_INPUTS", param="input")
-    for i, text in enumerate(texts):
-        if len(text) > limits.input_chars:
+    for i, item in enumerate(inputs):
+        if len(item) > input_bound:
             raise InvalidArgument(
-                f"input {i} is {len(text)} characters; endpoint {endpoint} takes at most {limits.input_tokens} "
-                f"tokens per input, and an input over {limits.input_chars} characters cannot fit",
+                f"input {i} is {len(item)} {unit}; endpoint {endpoint} takes at most {limits.input_tokens} "
+                f"tokens per input, and an input over {input_bound} {unit} cannot fit",
                 reason="INPUT_TOO_LONG", param="input")
-    total = sum(len(t) for t in texts)
-    if total > limits.request_chars:
+    total = sum(len(item) for item in inputs)
+    if total > request_bound:
         raise InvalidArgument(
-            f"the inputs are {total} characters in all; endpoint {endpoint} takes at most {limits.request_tokens} "
-            f"tokens per request, and more than {limits.request_chars} characters cannot fit",
+            f"the inputs are {total} {unit} in all; endpoint {endpoint} takes at most {limits.request_tokens} "
+            f"tokens per request, and more than {request_bound} {unit} cannot fit",
             reason="REQUEST_TOO_LONG", param="input")
 
 

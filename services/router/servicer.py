@@ -6,7 +6,7 @@ import time
 import uuid
 
 from google.api import httpbody_pb2
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format
 
 from llmops.v1 import inference_pb2 as pb
 from llmops.v1 import inference_pb2_grpc
@@ -21,7 +21,8 @@ from .backends import Chunk
 from .experiments import Assignment
 from .prompting import Message, SamplingRequest
 from .routes import Route
-from .service import Answer, Generation, InferenceService, choice_samplings, collect_all, merge
+from .service import Answer, Generation, InferenceService
+from .tools import ToolCall, Tools, tools_from
 
 
 def _name(request) -> str:  # noqa: ANN001
@@ -42,13 +43,17 @@ def _usage(prompt: int, completion: int, cached: int = 0) -> pb.Usage:
                     prompt_tokens_details=pb.PromptTokensDetails(cached_tokens=cached))
 
 
-def _texts(value: struct_pb2.Value) -> list[str]:
-    kind = value.WhichOneof("kind")
-    if kind == "string_value":
-        return [value.string_value]
-    if kind == "list_value" and all(v.WhichOneof("kind") == "string_value" for v in value.list_value.values):
-        return [v.string_value for v in value.list_value.values]
-    raise InvalidArgument("input must be a string or a list of strings", reason="INVALID_INPUT")
+def _embedding_input(request: pb.EmbedRequest) -> tuple[list[str], list[list[int]]]:
+    """EmbedRequest.input read as OpenAI's input (a Value's numbers are all doubles: 3.0 is token id 3)."""
+    value = json_format.MessageToDict(request.input) if request.HasField("input") else None
+    return oai.embedding_input(value, integral_floats=True)
+
+
+def _tool_call(call: ToolCall, index: int | None = None):  # noqa: ANN202 - a ToolCall, or a ToolCallDelta
+    function = pb.FunctionCall(name=call.name, arguments=call.arguments)
+    if index is None:
+        return pb.ToolCall(id=call.id, type="function", function=function)
+    return pb.ToolCallDelta(index=index, id=call.id, type="function", function=function)
 
 
 def _variables(request) -> dict | None:  # noqa: ANN001
@@ -94,62 +99,78 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(self, service: InferenceService) -> None:
         self._service = service
 
-    async def _chat_answers(self, request: pb.ChatRequest, context, *,  # noqa: ANN001
-                            buffered: bool = False) -> list[Answer]:
-        messages, actor = [Message(m.role, m.content, m.name) for m in request.messages], current_identity()
-        return [await self._service.chat_stream(actor=actor, name=_name(request), messages=messages,
-                                                sampling=sampling, variables=_variables(request), buffered=buffered,
-                                                environment=_environment(context))
-                for sampling in choice_samplings(_sampling(request), _optional(request, "n"))]
+    async def _chat_answer(self, request: pb.ChatRequest, context, *,  # noqa: ANN001
+                           buffered: bool = False) -> tuple[Tools | None, Answer]:
+        messages = [Message(m.role, m.content, m.name, tool_call_id=m.tool_call_id,
+                            tool_calls=tuple(ToolCall(c.id, c.function.name, c.function.arguments)
+                                             for c in m.tool_calls)) for m in request.messages]
+        tools = tools_from([json_format.MessageToDict(t, preserving_proto_field_name=True) for t in request.tools],
+                           json_format.MessageToDict(request.tool_choice) if request.HasField("tool_choice") else None,
+                           _optional(request, "parallel_tool_calls"))
+        return tools, await self._service.chat_stream(
+            actor=current_identity(), name=_name(request), messages=messages, sampling=_sampling(request),
+            n=_optional(request, "n"), tools=tools, variables=_variables(request), buffered=buffered,
+            environment=_environment(context))
 
-    async def _completion_answers(self, request: pb.CompleteRequest, context, *,  # noqa: ANN001
-                                  buffered: bool = False) -> list[Answer]:
-        actor = current_identity()
-        return [await self._service.complete_stream(actor=actor, name=_name(request), prompt=request.prompt,
-                                                    sampling=sampling, variables=_variables(request),
-                                                    buffered=buffered, environment=_environment(context))
-                for sampling in choice_samplings(_sampling(request), _optional(request, "n"))]
+    async def _completion_answer(self, request: pb.CompleteRequest, context, *,  # noqa: ANN001
+                                 buffered: bool = False) -> Answer:
+        return await self._service.complete_stream(actor=current_identity(), name=_name(request),
+                                                   prompt=request.prompt, sampling=_sampling(request),
+                                                   n=_optional(request, "n"), variables=_variables(request),
+                                                   buffered=buffered, environment=_environment(context))
 
     async def Chat(self, request: pb.ChatRequest, context) -> pb.ChatResponse:  # noqa: N802
-        gens = await collect_all(self._service, await self._chat_answers(request, context, buffered=True),
-                                 _name(request))
+        tools, answer = await self._chat_answer(request, context, buffered=True)
+        gens = await self._service.collect(answer, _name(request))
         first: Generation = gens[0]
         add_response_metadata(*_experiment_headers(first.experiment))
+        choices = []
+        for i, gen in enumerate(gens):
+            content, calls, reason = read_answer(tools, gen)
+            choices.append(pb.ChatChoice(index=i, finish_reason=reason, message=pb.ChatMessage(
+                role="assistant", content=content, tool_calls=[_tool_call(c) for c in calls])))
         return pb.ChatResponse(
-            id=first.id, object="chat.completion", created=first.created, model=first.model,
-            choices=[pb.ChatChoice(index=i, message=pb.ChatMessage(role="assistant", content=gen.text),
-                                   finish_reason=gen.finish_reason) for i, gen in enumerate(gens)],
+            id=first.id, object="chat.completion", created=first.created, model=first.model, choices=choices,
             usage=_usage(first.prompt_tokens, sum(g.completion_tokens for g in gens), first.cached_tokens),
             experiment=_experiment(first.experiment))
 
     async def ChatStream(self, request: pb.ChatStreamRequest, context):  # noqa: N802
         inner = request.request
         stream_id, created, opened = f"chatcmpl-{current_request_id() or uuid.uuid4()}", int(time.time()), set()
-        answers = await self._chat_answers(inner, context)
-        experiment, headers = _experiment(answers[0].experiment), _experiment_headers(answers[0].experiment)
+        tools, answer = await self._chat_answer(inner, context)
+        readers = [tools.reader() for _ in range(answer.n)] if tools else []
+        experiment, headers = _experiment(answer.experiment), _experiment_headers(answer.experiment)
         completion_tokens = finished = 0
-        async for index, chunk in merge(answers):
+        async for index, chunk in answer.choices:
             if headers:  # with the first chunk: an error before it (429, 503) still gets its own status
                 await context.send_initial_metadata(headers)
                 headers = ()
+            content, calls, reason = chunk.text, [], chunk.finish_reason
+            if readers:  # content as it decodes, each call whole (tools.py)
+                read = readers[index].feed(chunk.text)
+                if chunk.final:
+                    left, reason = readers[index].finish(reason)
+                    read += left
+                content = "".join(p for p in read if isinstance(p, str))
+                calls = [_tool_call(p, readers[index].calls.index(p)) for p in read if not isinstance(p, str)]
             first = index not in opened
-            if not chunk.text and not chunk.final and not first:
+            if not content and not calls and not chunk.final and not first:
                 continue
             opened.add(index)
             finished += chunk.final
             completion_tokens += chunk.completion_tokens if chunk.final else 0
-            delta = pb.ChatDelta(role="assistant" if first else "", content=chunk.text)
+            delta = pb.ChatDelta(role="assistant" if first else "", content=content, tool_calls=calls)
             yield pb.ChatStreamResponse(
                 id=stream_id, object="chat.completion.chunk", created=created, model=_name(inner),
-                choices=[pb.ChatStreamChoice(index=index, delta=delta, finish_reason=chunk.finish_reason)],
+                choices=[pb.ChatStreamChoice(index=index, delta=delta, finish_reason=reason)],
                 # on the last choice's final chunk: the prompt once, every choice's tokens
                 usage=(_usage(chunk.prompt_tokens, completion_tokens, chunk.cached_tokens)
-                       if finished == len(answers) else None),
+                       if finished == answer.n else None),
                 experiment=experiment)
 
     async def Complete(self, request: pb.CompleteRequest, context) -> pb.CompleteResponse:  # noqa: N802
-        gens = await collect_all(self._service, await self._completion_answers(request, context, buffered=True),
-                                 _name(request))
+        gens = await self._service.collect(await self._completion_answer(request, context, buffered=True),
+                                           _name(request))
         first = gens[0]
         add_response_metadata(*_experiment_headers(first.experiment))
         return pb.CompleteResponse(
@@ -163,10 +184,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def CompleteStream(self, request: pb.CompleteStreamRequest, context):  # noqa: N802
         inner = request.request
         stream_id, created = f"cmpl-{current_request_id() or uuid.uuid4()}", int(time.time())
-        answers = await self._completion_answers(inner, context)
-        experiment, headers = _experiment(answers[0].experiment), _experiment_headers(answers[0].experiment)
+        answer = await self._completion_answer(inner, context)
+        experiment, headers = _experiment(answer.experiment), _experiment_headers(answer.experiment)
         completion_tokens = finished = 0
-        async for index, chunk in merge(answers):
+        async for index, chunk in answer.choices:
             if headers:
                 await context.send_initial_metadata(headers)
                 headers = ()
@@ -178,13 +199,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 id=stream_id, object="text_completion", created=created, model=_name(inner),
                 choices=[pb.CompletionChoice(index=index, text=chunk.text, finish_reason=chunk.finish_reason)],
                 usage=(_usage(chunk.prompt_tokens, completion_tokens, chunk.cached_tokens)
-                       if finished == len(answers) else None),
+                       if finished == answer.n else None),
                 experiment=experiment)
 
     async def Embed(self, request: pb.EmbedRequest, context) -> pb.EmbedResponse:  # noqa: N802
-        texts = _texts(request.input) if request.HasField("input") else []
+        texts, token_ids = _embedding_input(request)
         result = await self._service.embed(actor=current_identity(), name=_name(request), texts=texts,
-                                           environment=_environment(context))
+                                           token_ids=token_ids, environment=_environment(context))
         return pb.EmbedResponse(
             object="list", model=result.model,
             data=[pb.Embedding(index=i, object="embedding", embedding=vector.tolist())
@@ -233,43 +254,44 @@ class OpenAIServicer(inference_pb2_grpc.OpenAIServiceServicer):
         self._service = service
 
     async def _chat(self, request, context, *,  # noqa: ANN001
-                    buffered: bool) -> tuple[oai.ChatCompletionBody, list[Answer]]:
+                    buffered: bool) -> tuple[oai.ChatCompletionBody, Tools | None, Answer]:
         body = oai.parse(oai.ChatCompletionBody, request.body.data)
         if buffered:
             _unary(body)
         body.refusals()
-        messages, actor = body.chat_messages(), current_identity()
-        answers = [await self._service.chat_stream(actor=actor, name=body.model, messages=messages, sampling=sampling,
-                                                   variables=body.variables, buffered=buffered,
-                                                   environment=_environment(context))
-                   for sampling in choice_samplings(body.sampling(), body.n)]
-        return body, answers
+        tools = body.chat_tools()
+        answer = await self._service.chat_stream(actor=current_identity(), name=body.model,
+                                                 messages=body.chat_messages(), sampling=body.sampling(), n=body.n,
+                                                 tools=tools, variables=body.variables, buffered=buffered,
+                                                 environment=_environment(context))
+        return body, tools, answer
 
     async def _completion(self, request, context, *,  # noqa: ANN001
-                          buffered: bool) -> tuple[oai.CompletionBody, list[Answer]]:
+                          buffered: bool) -> tuple[oai.CompletionBody, Answer]:
         body = oai.parse(oai.CompletionBody, request.body.data)
         if buffered:
             _unary(body)
         body.refusals()
-        prompt, actor = body.prompt_text(), current_identity()
-        answers = [await self._service.complete_stream(actor=actor, name=body.model, prompt=prompt, sampling=sampling,
-                                                       variables=body.variables, buffered=buffered,
-                                                       environment=_environment(context))
-                   for sampling in choice_samplings(body.sampling(), body.n)]
-        return body, answers
+        answer = await self._service.complete_stream(actor=current_identity(), name=body.model,
+                                                     prompt=body.prompt_text(), sampling=body.sampling(), n=body.n,
+                                                     variables=body.variables, buffered=buffered,
+                                                     environment=_environment(context))
+        return body, answer
 
     async def CreateChatCompletion(self, request, context) -> httpbody_pb2.HttpBody:  # noqa: N802, ANN001
-        body, answers = await self._chat(request, context, buffered=True)
-        gens = await collect_all(self._service, answers, body.model)
+        body, tools, answer = await self._chat(request, context, buffered=True)
+        gens = await self._service.collect(answer, body.model)
         add_response_metadata(*_experiment_headers(gens[0].experiment))
-        choices = [oai.chat_message_choice(i, gen.text, gen.finish_reason,
-                                           oai.chat_logprobs(gen.logprobs if body.logprobs else None))
-                   for i, gen in enumerate(gens)]
+        choices = []
+        for i, gen in enumerate(gens):
+            content, calls, reason = read_answer(tools, gen)
+            choices.append(oai.chat_message_choice(i, content, reason,
+                                                   oai.chat_logprobs(gen.logprobs if body.logprobs else None), calls))
         return _json(oai.completion_object("chat.completion", gens, choices))
 
     async def CreateCompletion(self, request, context) -> httpbody_pb2.HttpBody:  # noqa: N802, ANN001
-        body, answers = await self._completion(request, context, buffered=True)
-        gens = await collect_all(self._service, answers, body.model)
+        body, answer = await self._completion(request, context, buffered=True)
+        gens = await self._service.collect(answer, body.model)
         add_response_metadata(*_experiment_headers(gens[0].experiment))
         echo = body.prompt_text() if body.echo else ""
         choices = [oai.completion_choice(index=i, text=echo + gen.text, finish_reason=gen.finish_reason,
@@ -279,64 +301,87 @@ class OpenAIServicer(inference_pb2_grpc.OpenAIServiceServicer):
         return _json(oai.completion_object("text_completion", gens, choices))
 
     async def StreamChatCompletion(self, request, context):  # noqa: N802, ANN001, ANN201
-        body, answers = await self._chat(request, context, buffered=False)
+        body, tools, answer = await self._chat(request, context, buffered=False)
         writer = oai.ChunkWriter(id=f"chatcmpl-{current_request_id() or uuid.uuid4()}", created=int(time.time()),
                                  model=body.model, object="chat.completion.chunk",
                                  include_usage=body.include_usage())
+        readers = [tools.reader() for _ in range(answer.n)] if tools else []
 
         def first(index: int) -> bytes:
             return writer.event([oai.chat_choice(index=index, delta={"role": "assistant", "content": ""})])
 
-        def text(index: int, chunk: Chunk) -> bytes:
+        def pieces(index: int, read: list[str | ToolCall]) -> list[bytes]:
+            """Content as it decodes, each call whole (an OpenAI client assembles either)."""
+            return [writer.event([oai.chat_choice(index=index, delta={"content": piece} if isinstance(piece, str) else
+                                                  {"tool_calls": [oai.tool_call(piece, readers[index].calls.index(
+                                                      piece))]})]) for piece in read if piece]
+
+        def text(index: int, chunk: Chunk) -> list[bytes]:
+            if readers:
+                return pieces(index, readers[index].feed(chunk.text))
             logprobs = oai.chat_logprobs(chunk.logprobs if body.logprobs else None)
-            return writer.event([oai.chat_choice(index=index, delta={"content": chunk.text}, logprobs=logprobs)])
+            return [writer.event([oai.chat_choice(index=index, delta={"content": chunk.text}, logprobs=logprobs)])]
 
-        def last(index: int, reason: str) -> bytes:
-            return writer.event([oai.chat_choice(index=index, finish_reason=reason)])
+        def last(index: int, reason: str) -> list[bytes]:
+            left: list[bytes] = []
+            if readers:
+                read, reason = readers[index].finish(reason)
+                left = pieces(index, read)
+            return [*left, writer.event([oai.chat_choice(index=index, finish_reason=reason)])]
 
-        async for event in _stream(answers, context, writer, first, text, last):
+        async for event in _stream(answer, context, writer, first, text, last):
             yield event
 
     async def StreamCompletion(self, request, context):  # noqa: N802, ANN001, ANN201
-        body, answers = await self._completion(request, context, buffered=False)
+        body, answer = await self._completion(request, context, buffered=False)
         writer = oai.ChunkWriter(id=f"cmpl-{current_request_id() or uuid.uuid4()}", created=int(time.time()),
                                  model=body.model, object="text_completion",
                                  include_usage=body.include_usage())
         echo = body.prompt_text() if body.echo else ""
-        offsets = [0] * len(answers)  # of each choice's next text, for logprobs.text_offset
+        offsets = [0] * answer.n  # of each choice's next text, for logprobs.text_offset
 
         def first(index: int) -> bytes | None:
             return writer.event([oai.completion_choice(index=index, text=echo)]) if echo else None
 
-        def text(index: int, chunk: Chunk) -> bytes:
+        def text(index: int, chunk: Chunk) -> list[bytes]:
             logprobs = oai.completion_logprobs(chunk.logprobs if body.logprobs is not None else None, offsets[index])
             offsets[index] += len(chunk.text)
-            return writer.event([oai.completion_choice(index=index, text=chunk.text, logprobs=logprobs)])
+            return [writer.event([oai.completion_choice(index=index, text=chunk.text, logprobs=logprobs)])]
 
-        def last(index: int, reason: str) -> bytes:
-            return writer.event([oai.completion_choice(index=index, finish_reason=reason)])
+        def last(index: int, reason: str) -> list[bytes]:
+            return [writer.event([oai.completion_choice(index=index, finish_reason=reason)])]
 
-        async for event in _stream(answers, context, writer, first, text, last):
+        async for event in _stream(answer, context, writer, first, text, last):
             yield event
 
     async def CreateEmbedding(self, request, context) -> httpbody_pb2.HttpBody:  # noqa: N802, ANN001
         body = oai.parse(oai.EmbeddingBody, request.body.data)
         body.refusals()
-        texts = body.texts()
+        texts, token_ids = body.inputs()
         result = await self._service.embed(actor=current_identity(), name=body.model, texts=texts,
-                                           environment=_environment(context))
+                                           token_ids=token_ids, environment=_environment(context))
         return _json(oai.embeddings(model=result.model, vectors=result.vectors, prompt_tokens=result.prompt_tokens,
                                     encoding_format=body.encoding_format, dimensions=body.dimensions))
 
 
-async def _stream(answers: list[Answer], context, writer: oai.ChunkWriter, first, text, last):  # noqa: ANN001, ANN202
+def read_answer(tools: Tools | None, generation: Generation) -> tuple[str, list[ToolCall], str]:
+    """A whole choice's content, tool calls and finish_reason (with tools, its answer read as tools.py says)."""
+    if tools is None:
+        return generation.text, [], generation.finish_reason
+    reader = tools.reader()
+    read = reader.feed(generation.text)
+    left, reason = reader.finish(generation.finish_reason)
+    return "".join(p for p in read + left if isinstance(p, str)), reader.calls, reason
+
+
+async def _stream(answer: Answer, context, writer: oai.ChunkWriter, first, text, last):  # noqa: ANN001, ANN202
     """Nothing is sent before the model's first chunk, so that an error until then (429, 503) keeps
     its own HTTP status; after it, an error is an error event, and the stream ends. With n choices,
     their chunks interleave as generated, each with its index; the usage counts the prompt once."""
-    headers, started, opened = _experiment_headers(answers[0].experiment), False, set()
+    headers, started, opened = _experiment_headers(answer.experiment), False, set()
     prompt_tokens = completion_tokens = cached_tokens = 0
     try:
-        async for index, chunk in merge(answers):
+        async for index, chunk in answer.choices:
             if not started:
                 await context.send_initial_metadata(headers)
                 started = True
@@ -345,9 +390,11 @@ async def _stream(answers: list[Answer], context, writer: oai.ChunkWriter, first
                 if (opening := first(index)) is not None:
                     yield _event(opening)
             if chunk.text:
-                yield _event(text(index, chunk))
+                for event in text(index, chunk):
+                    yield _event(event)
             if chunk.final:
-                yield _event(last(index, chunk.finish_reason))
+                for event in last(index, chunk.finish_reason):
+                    yield _event(event)
                 prompt_tokens, completion_tokens = chunk.prompt_tokens, completion_tokens + chunk.completion_tokens
                 cached_tokens = chunk.cached_tokens
     except DomainError as exc:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +43,7 @@ MAX_PROPERTIES = 128  # in one object
 MAX_REPETITIONS = 1000  # each of REPETITIONS, and each {m,n} of a pattern
 MAX_ALTERNATIVES = 256  # enum values and anyOf/oneOf branches, summed over the schema
 MAX_LITERAL_CHARS = 1024  # one enum or const value's JSON
+MAX_ENUMERATED_INTEGERS = 128  # values of small integer ranges written out as enums, summed over the schema
 # What the converter makes of the whole schema; the llama.cpp model checks the same numbers.
 MAX_GRAMMAR_BYTES = 128 * 1024
 MAX_GRAMMAR_NESTING = 1000  # groups within groups in one rule: each optional repetition is one more
@@ -96,8 +98,55 @@ def check_json_schema(schema: dict[str, Any], param: str) -> str:
         raise _refused(param, f"is {len(guide.encode())} bytes of JSON; at most {MAX_SCHEMA_BYTES}")
     if '"items":{}' in guide or '"items":true' in guide:
         guide = json.dumps(_without_any_items(json.loads(guide)), separators=(",", ":"))
+    if '"integer"' in guide and ('"minimum"' in guide or '"exclusiveMinimum"' in guide):
+        guide = json.dumps(_enumerated_ranges(json.loads(guide), [MAX_ENUMERATED_INTEGERS]), separators=(",", ":"))
     _check(guide, param)
     return guide
+
+
+def _enumerated_ranges(node: Any, budget: list[int]) -> Any:
+    """The schema with each small integer range (`"type": "integer"` with a lower and an upper bound, 32
+    values at most, MAX_ENUMERATED_INTEGERS in all) as the enum of its values: the converter ignores
+    minimum and maximum (any integer passes its grammar), an enum it writes as alternatives."""
+    if not isinstance(node, dict):
+        return node
+    low, high = _integer_bounds(node)
+    if low is not None and high is not None and 0 < high - low + 1 <= min(32, budget[0]) and "enum" not in node:
+        budget[0] -= high - low + 1
+        kept = {k: v for k, v in node.items()
+                if k not in ("type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")}
+        return {**kept, "enum": list(range(low, high + 1))}
+    out = {}
+    for keyword, value in node.items():
+        if keyword in _SCHEMA_MAPS and isinstance(value, dict):
+            value = {name: _enumerated_ranges(sub, budget) for name, sub in value.items()}
+        elif keyword in _SCHEMA_LISTS and isinstance(value, list):
+            value = [_enumerated_ranges(sub, budget) for sub in value]
+        elif keyword in _SCHEMA_VALUES:
+            value = _enumerated_ranges(value, budget)
+        out[keyword] = value
+    return out
+
+
+def _integer_bounds(node: dict[str, Any]) -> tuple[int | None, int | None]:
+    """The inclusive bounds of an integer schema (draft 6's numeric exclusive bounds included), or None."""
+    if node.get("type") != "integer":
+        return None, None
+    bounds = []
+    for inclusive, exclusive, step in (("minimum", "exclusiveMinimum", 1), ("maximum", "exclusiveMaximum", -1)):
+        value, beyond = node.get(inclusive), node.get(exclusive)
+        if beyond is True and _is_number(value):  # draft 4: a flag on the inclusive bound
+            beyond = value
+        if _is_number(beyond):
+            value = math.floor(beyond) + 1 if step == 1 else math.ceil(beyond) - 1
+        elif _is_number(value):
+            value = math.ceil(value) if step == 1 else math.floor(value)
+        bounds.append(int(value) if _is_number(value) else None)
+    return bounds[0], bounds[1]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _without_any_items(node: Any) -> Any:

@@ -248,7 +248,7 @@ async def test_a_request_counts_in_the_queue_until_its_first_token_and_in_flight
     service = held_service(name, pool)
     answer = await service.chat_stream(actor=Identity("u"), name=name, messages=[Message("user", "Hi")],
                                        sampling=SamplingRequest(max_tokens=1), buffered=True)
-    chunks = answer.chunks
+    chunks = answer.choices
     waiting = asyncio.ensure_future(anext(chunks))
     for _ in range(100):  # event-loop turns until the request waits on the replica
         if gauge("llmops_inference_queued_requests", name) == 1:
@@ -257,7 +257,7 @@ async def test_a_request_counts_in_the_queue_until_its_first_token_and_in_flight
     assert gauge("llmops_inference_queued_requests", name) == 1
     assert gauge("llmops_inference_in_flight_requests", name) == 1
     pool.release.set()
-    assert (await waiting).final
+    assert (await waiting)[1].final
     assert gauge("llmops_inference_queued_requests", name) == 0  # the replica answered
     assert gauge("llmops_inference_in_flight_requests", name) == 1  # the request is not over yet
     with suppress(StopAsyncIteration):
@@ -271,7 +271,7 @@ async def test_a_request_refused_because_every_replica_is_full_counts_as_shed():
     answer = await service.chat_stream(actor=Identity("u"), name=name, messages=[Message("user", "Hi")],
                                        sampling=SamplingRequest(max_tokens=1), buffered=True)
     with pytest.raises(Unavailable) as refused:
-        await anext(answer.chunks)
+        await anext(answer.choices)
     assert refused.value.reason == "ENDPOINT_BUSY"
     assert REGISTRY.get_sample_value("llmops_inference_shed_total", {"endpoint": name}) == 1
     assert gauge("llmops_inference_in_flight_requests", name) == 0

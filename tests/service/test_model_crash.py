@@ -37,7 +37,7 @@ def test_a_request_on_which_the_model_died_is_not_tried_on_another_replica(loop_
         assert outcomes.recorded[-1].error == "INTERNAL" and pool.cooling(broken)
 
         # The next request is another's: the failed replica sits out, the other one answers.
-        answer = await service.collect(await chat(service, buffered=True), "chat-model")
+        answer = (await service.collect(await chat(service, buffered=True), "chat-model"))[0]
         assert answer.text == "Hello world" and (dying.requests, healthy.requests) == (1, 1)
         await pool.close()
 

@@ -65,7 +65,7 @@ def test_out_of_range_sampling_is_a_400_naming_it(fake_serving, field, value):
 
 @pytest.mark.parametrize("field,value", [
     ("top_logprobs", 2), ("logit_bias", {"comma": 1}), ("logit_bias", {"28": 101}),
-    ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]), ("tool_choice", "auto"),
+    ("tools", [{"type": "custom", "custom": {"name": "f"}}]), ("tool_choice", "auto"),
     ("functions", [{"name": "f"}]), ("function_call", "auto"), ("audio", {"voice": "alloy", "format": "mp3"}),
     ("modalities", ["text", "audio"]), ("prediction", {"type": "content", "content": "x"}),
     ("reasoning_effort", "low"), ("store", True), ("service_tier", "flex"), ("web_search_options", {}),
@@ -73,16 +73,19 @@ def test_out_of_range_sampling_is_a_400_naming_it(fake_serving, field, value):
 ])
 def test_what_the_platform_cannot_honour_is_a_400_naming_it(fake_serving, field, value):
     error = assert_refused(post(fake_serving, "/v1/chat/completions", {"model": CHAT, "messages": HI, field: value}),
-                           f"{field}[28]" if value == {"28": 101} else field)
+                           f"{field}[28]" if value == {"28": 101} else "tools[0].type" if field == "tools" else field)
     assert error["message"]
 
 
-def test_tool_messages_are_refused_by_name(fake_serving):
-    messages = [*HI, {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
-        {"role": "tool", "tool_call_id": "c1", "content": "42"}]
-    assert_refused(post(fake_serving, "/v1/chat/completions", {"model": CHAT, "messages": messages}),
-                   "messages[1].tool_calls")
+@pytest.mark.parametrize("messages,param", [
+    ([*HI, {"role": "tool", "tool_call_id": "c9", "content": "42"}], "messages[1].tool_call_id"),
+    ([*HI, {"role": "tool", "content": "42"}], "messages[1].tool_call_id"),
+    ([*HI, {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f"}}]}],
+     "messages[1].tool_calls[0].function.arguments"),
+    ([*HI, {"role": "function", "name": "f", "content": "42"}], "messages[1].role"),
+])
+def test_tool_messages_that_do_not_fit_the_conversation_are_refused_by_name(fake_serving, messages, param):
+    assert_refused(post(fake_serving, "/v1/chat/completions", {"model": CHAT, "messages": messages}), param)
 
 
 def test_a_bad_response_format_is_a_400_naming_it(fake_serving):
@@ -147,9 +150,11 @@ def test_invalid_json_is_a_400_in_openais_shape(fake_serving):
 
 
 @pytest.mark.parametrize("body,param", [
-    ({"input": [1, 2, 3]}, "input"), ({"input": [[1, 2], [3]]}, "input"), ({"input": "x", "encoding_format": "hex"},
-                                                                           "encoding_format"),
-    ({"input": 5}, "input"), ({"input": ["ok", ""]}, "input"),
+    ({"input": [1, -2]}, "input"), ({"input": [[1, 2], []]}, "input"), ({"input": [1.5]}, "input"),
+    ({"input": [True]}, "input"), ({"input": ["ok", 1]}, "input"), ({"input": [[1], 2]}, "input"),
+    ({"input": [2**31]}, "input"), ({"input": "x", "encoding_format": "hex"}, "encoding_format"),
+    ({"input": 5}, "input"), ({"input": ["ok", ""]}, "input"), ({"input": [[1]] * 257}, "input"),
+    ({"input": [7] * 513}, "input"),
 ])
 def test_embedding_refusals_name_the_parameter(fake_serving, body, param):
     assert_refused(post(fake_serving, "/v1/embeddings", {"model": EMBED, **body}), param)

@@ -22,7 +22,7 @@ from router.limits import RateLimiter
 from router.prompting import Message, SamplingRequest
 from router.routes import RouteTable, follow
 from router.server import start as start_router
-from router.service import InferenceService, choice_samplings, merge
+from router.service import InferenceService
 from shared.errors import DeadlineExceeded, InvalidArgument, RateLimited, Unavailable
 from shared.identity import Identity
 from shared.settings import Settings
@@ -84,7 +84,7 @@ def chat(service: InferenceService, name: str = "chat-model", *, buffered: bool 
 async def stream(service: InferenceService, name: str = "chat-model"):  # noqa: ANN201
     """A chat's chunks as a client reads them."""
     answer = await chat(service, name)
-    async for chunk in answer.chunks:
+    async for _, chunk in answer.choices:
         yield chunk
 
 
@@ -225,7 +225,7 @@ def test_clients_of_replicas_that_left_the_route_table_close_once_idle(loop_thre
         in_flight = stream(service)
         assert (await anext(in_flight)).text == "Hello"  # on busy (first of the least loaded)
         assert pool.outstanding(busy) == 1
-        answered = await service.collect(await chat(service), "chat-model")  # on idle: busy has one in flight
+        answered = (await service.collect(await chat(service), "chat-model"))[0]  # on idle: busy has one in flight
         assert answered.text == "Hello world" and pool.outstanding(idle) == 0
 
         table.apply(snapshot(routed("chat-model", [staying])))  # the deployment service replaced two replicas
@@ -255,7 +255,7 @@ def test_chat_is_retried_on_another_replica_when_one_failed_before_the_first_tok
         pool = ReplicaPool()
         service, _, outcomes = inference(pool, routed("chat-model", [broken, address]))
 
-        answer = await service.collect(await chat(service), "chat-model")
+        answer = (await service.collect(await chat(service), "chat-model"))[0]
         assert answer.text == "Hello world" and outcomes.recorded[-1].error == ""
         assert healthy.requests == 1 and pool.cooling(broken)
 
@@ -315,7 +315,7 @@ def test_a_unary_answer_is_retried_even_after_tokens_since_the_client_saw_none(l
         healthy, address = await triton(serve)
         pool = ReplicaPool()
         service, _, outcomes = inference(pool, routed("chat-model", [broken, address]))
-        generation = await service.collect(await chat(service, buffered=True), "chat-model")
+        generation = (await service.collect(await chat(service, buffered=True), "chat-model"))[0]
         assert generation.text and generation.finish_reason  # the healthy replica's whole answer
         assert (dying.requests, healthy.requests) == (1, 1)
         assert pool.cooling(broken) and outcomes.recorded[-1].error == ""
@@ -532,7 +532,7 @@ def test_logprobs_a_model_does_not_give_are_a_400_not_an_empty_list(loop_thread,
         with pytest.raises(InvalidArgument) as refused:
             await service.collect(answer, "plain-model")
         assert refused.value.param == "logprobs"
-        plain = await service.collect(await chat(service, "plain-model", buffered=True), "plain-model")
+        plain = (await service.collect(await chat(service, "plain-model", buffered=True), "plain-model"))[0]
         assert plain.text and plain.logprobs == ()
         await pool.close()
 
@@ -551,7 +551,7 @@ def test_a_call_is_cancelled_on_the_replica_only_while_it_is_open(loop_thread, s
                                   routed("stalls", [third]))
         answering.linger_s = rejecting.linger_s = 0.1  # well inside the router's wait for the status
         for _ in range(3):
-            assert (await service.collect(await chat(service, "answers"), "answers")).text == "Hello world"
+            assert (await service.collect(await chat(service, "answers"), "answers"))[0].text == "Hello world"
             with pytest.raises(InvalidArgument):
                 await service.collect(await chat(service, "rejects"), "rejects")
         chunks = stream(service, "stalls")
@@ -581,10 +581,9 @@ def test_an_n_request_runs_on_half_the_ready_replicas_and_leaves_the_rest_to_oth
         fakes = [await triton(serve, "stalls_after_first_token") for _ in range(4)]
         pool = ReplicaPool()
         service, _, _ = inference(pool, routed("chat-model", [address for _, address in fakes]))
-        answers = [await service.chat_stream(actor=ALICE, name="chat-model", messages=[Message("user", "Hi")],
-                                             sampling=sampling)
-                   for sampling in choice_samplings(SamplingRequest(), 8)]
-        choices = merge(answers)
+        answer = await service.chat_stream(actor=ALICE, name="chat-model", messages=[Message("user", "Hi")],
+                                           sampling=SamplingRequest(), n=8)
+        choices = answer.choices
         first = [await anext(choices) for _ in range(2)]  # each choice is held after its first token
         assert sorted(index for index, _ in first) == [0, 1]
         other = stream(service)

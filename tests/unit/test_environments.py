@@ -177,7 +177,7 @@ def router(*experiments: experiment_pb2.ActiveExperiment) -> tuple[InferenceServ
 async def chat(service: InferenceService, environment: str | None, name: str = "chat"):  # noqa: ANN201
     answer = await service.chat_stream(actor=Identity("u"), name=name, messages=[Message("user", "Hi")],
                                        sampling=SamplingRequest(max_tokens=1), buffered=True, environment=environment)
-    return await service.collect(answer, name)
+    return (await service.collect(answer, name))[0]
 
 
 async def test_a_request_goes_to_the_endpoint_of_its_environment():

@@ -15,6 +15,7 @@ from router.limits import RateLimiter
 from router.prompting import Message, SamplingRequest
 from router.routes import RouteTable
 from router.service import InferenceService
+from shared.errors import RateLimited
 from shared.identity import Identity
 
 from ..fakes import RecordedOutcomes, RecordingPool
@@ -59,7 +60,7 @@ GREEDY_ONE = SamplingRequest(max_tokens=1, temperature=0)
 async def chat(service: InferenceService, user: str, messages: list[Message], variables: dict | None = None):  # noqa: ANN201
     answer = await service.chat_stream(actor=Identity(user), name="chat-model", messages=messages,
                                        sampling=GREEDY_ONE, variables=variables, buffered=True)
-    return await service.collect(answer, "chat-model")
+    return (await service.collect(answer, "chat-model"))[0]
 
 
 def test_assignment_is_sticky_and_follows_the_allocation():
@@ -177,3 +178,22 @@ async def test_right_after_start_a_request_waits_for_the_experiments_and_later_n
     later._experiments.created -= 10  # started long ago, the experiment service still unreachable
     generation = await asyncio.wait_for(chat(later, "late", [Message("user", "Hi")]), 1)
     assert generation.experiment is None
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["unary", "stream"])
+async def test_a_request_of_n_choices_counts_once_in_the_rate_limit_and_once_in_the_outcomes(buffered):
+    """n=4 used to be four requests: four against the caller's rate limit (with 2 a minute, the first
+    request's third choice was a 429) and four outcomes under one request id, each counted by the experiment."""
+    service, pool, outcomes = service_with(experiment(), limiter=RateLimiter(2))
+    user = user_with("B")
+    for _ in range(2):
+        answer = await service.chat_stream(actor=Identity(user), name="chat-model", messages=[Message("user", "Hi")],
+                                           sampling=GREEDY_ONE, n=4, buffered=buffered)
+        assert [g.text for g in await service.collect(answer, "chat-model")] == ["ok"] * 4
+    assert len(pool.prompts) == 8  # every choice generated
+    assert [(o.variant, o.completion_tokens, o.error) for o in outcomes.recorded] == [("B", 4, ""), ("B", 4, "")]
+    third = await service.chat_stream(actor=Identity(user), name="chat-model", messages=[Message("user", "Hi")],
+                                      sampling=GREEDY_ONE, n=4, buffered=buffered)
+    with pytest.raises(RateLimited):
+        await service.collect(third, "chat-model")
+    assert len(pool.prompts) == 8 and len(outcomes.recorded) == 2

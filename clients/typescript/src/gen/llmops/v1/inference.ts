@@ -47,11 +47,56 @@ export interface CreateEmbeddingRequest {
 }
 
 export interface ChatMessage {
-  /** system | user | assistant */
+  /** system | user | assistant | tool (developer is taken as system) */
   role: string;
   content: string;
   /** The participant's name, given to the model's chat template as message.name. */
   name: string;
+  /** An assistant message's calls of the request's tools (OpenAI's tool_calls). */
+  toolCalls: ToolCall[];
+  /** A tool message: the id of the call whose result its content is. */
+  toolCallId: string;
+}
+
+/** A function the model may call, as OpenAI's tools define it. */
+export interface Tool {
+  /** function (the only type) */
+  type: string;
+  function: FunctionDefinition | undefined;
+}
+
+export interface FunctionDefinition {
+  /** 1 to 64 letters, digits, underscores or dashes. */
+  name: string;
+  description: string;
+  /** The JSON Schema of the arguments; the arguments are sampled under a grammar built from it. */
+  parameters:
+    | { [key: string]: any }
+    | undefined;
+  /** Taken as true: every call's arguments follow the schema. */
+  strict: boolean;
+}
+
+export interface ToolCall {
+  id: string;
+  /** function */
+  type: string;
+  function: FunctionCall | undefined;
+}
+
+export interface FunctionCall {
+  name: string;
+  /** The arguments object as JSON text. */
+  arguments: string;
+}
+
+/** A tool call in a stream: each comes whole, in one chunk. */
+export interface ToolCallDelta {
+  /** Of the calls of its choice. */
+  index: number;
+  id: string;
+  type: string;
+  function: FunctionCall | undefined;
 }
 
 /**
@@ -104,7 +149,17 @@ export interface ChatRequest {
     | undefined;
   /** Choices per request, 1 to 8, each a generation of its own (anything else is a 400). */
   n?: number | undefined;
-  responseFormat: ResponseFormat | undefined;
+  responseFormat:
+    | ResponseFormat
+    | undefined;
+  /** Functions the model may call (docs/architecture.md, tool calling). */
+  tools: Tool[];
+  /** "none", "auto" (the default with tools), "required", or {"type": "function", "function": {"name": ...}}. */
+  toolChoice:
+    | any
+    | undefined;
+  /** More than one call in an answer (the default: true). */
+  parallelToolCalls?: boolean | undefined;
 }
 
 export interface ChatStreamRequest {
@@ -134,7 +189,10 @@ export interface ExperimentAssignment {
 
 export interface ChatChoice {
   index: number;
-  message: ChatMessage | undefined;
+  message:
+    | ChatMessage
+    | undefined;
+  /** stop | length | tool_calls */
   finishReason: string;
 }
 
@@ -152,6 +210,7 @@ export interface ChatResponse {
 export interface ChatDelta {
   role: string;
   content: string;
+  toolCalls: ToolCallDelta[];
 }
 
 export interface ChatStreamChoice {
@@ -236,7 +295,11 @@ export interface CompleteStreamResponse {
 export interface EmbedRequest {
   /** Endpoint name, as in /serve/{name}; on /v1/* it comes from model. */
   name: string;
-  /** One text or many, as OpenAI's input: a string or a list of strings. */
+  /**
+   * One input or many, as OpenAI's input: a string, a list of strings, a list of token ids
+   * (whole numbers) or a list of such lists. Ids are the endpoint's own tokenizer's, for the
+   * text without the prefix and special tokens the model adds to it (as to a plain passage).
+   */
   input: any | undefined;
   model: string;
 }
@@ -628,7 +691,7 @@ export const CreateEmbeddingRequest: MessageFns<CreateEmbeddingRequest> = {
 };
 
 function createBaseChatMessage(): ChatMessage {
-  return { role: "", content: "", name: "" };
+  return { role: "", content: "", name: "", toolCalls: [], toolCallId: "" };
 }
 
 export const ChatMessage: MessageFns<ChatMessage> = {
@@ -641,6 +704,12 @@ export const ChatMessage: MessageFns<ChatMessage> = {
     }
     if (message.name !== "") {
       writer.uint32(26).string(message.name);
+    }
+    for (const v of message.toolCalls) {
+      ToolCall.encode(v!, writer.uint32(34).fork()).join();
+    }
+    if (message.toolCallId !== "") {
+      writer.uint32(42).string(message.toolCallId);
     }
     return writer;
   },
@@ -682,6 +751,22 @@ export const ChatMessage: MessageFns<ChatMessage> = {
             message.name = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.toolCalls.push(ToolCall.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.toolCallId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -699,6 +784,10 @@ export const ChatMessage: MessageFns<ChatMessage> = {
       role: isSet(object.role) ? globalThis.String(object.role) : "",
       content: isSet(object.content) ? globalThis.String(object.content) : "",
       name: isSet(object.name) ? globalThis.String(object.name) : "",
+      toolCalls: globalThis.Array.isArray(object?.tool_calls)
+        ? object.tool_calls.map((e: any) => ToolCall.fromJSON(e))
+        : [],
+      toolCallId: isSet(object.tool_call_id) ? globalThis.String(object.tool_call_id) : "",
     };
   },
 
@@ -713,6 +802,12 @@ export const ChatMessage: MessageFns<ChatMessage> = {
     if (message.name !== "") {
       obj.name = message.name;
     }
+    if (message.toolCalls?.length) {
+      obj.tool_calls = message.toolCalls.map((e) => ToolCall.toJSON(e));
+    }
+    if (message.toolCallId !== "") {
+      obj.tool_call_id = message.toolCallId;
+    }
     return obj;
   },
 
@@ -724,6 +819,519 @@ export const ChatMessage: MessageFns<ChatMessage> = {
     message.role = object.role ?? "";
     message.content = object.content ?? "";
     message.name = object.name ?? "";
+    message.toolCalls = object.toolCalls?.map((e) => ToolCall.fromPartial(e)) || [];
+    message.toolCallId = object.toolCallId ?? "";
+    return message;
+  },
+};
+
+function createBaseTool(): Tool {
+  return { type: "", function: undefined };
+}
+
+export const Tool: MessageFns<Tool> = {
+  encode(message: Tool, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.type !== "") {
+      writer.uint32(10).string(message.type);
+    }
+    if (message.function !== undefined) {
+      FunctionDefinition.encode(message.function, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Tool {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTool();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.type = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.function = FunctionDefinition.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Tool {
+    return {
+      type: isSet(object.type) ? globalThis.String(object.type) : "",
+      function: isSet(object.function) ? FunctionDefinition.fromJSON(object.function) : undefined,
+    };
+  },
+
+  toJSON(message: Tool): unknown {
+    const obj: any = {};
+    if (message.type !== "") {
+      obj.type = message.type;
+    }
+    if (message.function !== undefined) {
+      obj.function = FunctionDefinition.toJSON(message.function);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Tool>, I>>(base?: I): Tool {
+    return Tool.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Tool>, I>>(object: I): Tool {
+    const message = createBaseTool();
+    message.type = object.type ?? "";
+    message.function = (object.function !== undefined && object.function !== null)
+      ? FunctionDefinition.fromPartial(object.function)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseFunctionDefinition(): FunctionDefinition {
+  return { name: "", description: "", parameters: undefined, strict: false };
+}
+
+export const FunctionDefinition: MessageFns<FunctionDefinition> = {
+  encode(message: FunctionDefinition, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.description !== "") {
+      writer.uint32(18).string(message.description);
+    }
+    if (message.parameters !== undefined) {
+      Struct.encode(Struct.wrap(message.parameters), writer.uint32(26).fork()).join();
+    }
+    if (message.strict !== false) {
+      writer.uint32(32).bool(message.strict);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FunctionDefinition {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFunctionDefinition();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.description = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.parameters = Struct.unwrap(Struct.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.strict = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FunctionDefinition {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      description: isSet(object.description) ? globalThis.String(object.description) : "",
+      parameters: isObject(object.parameters) ? object.parameters : undefined,
+      strict: isSet(object.strict) ? globalThis.Boolean(object.strict) : false,
+    };
+  },
+
+  toJSON(message: FunctionDefinition): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.description !== "") {
+      obj.description = message.description;
+    }
+    if (message.parameters !== undefined) {
+      obj.parameters = message.parameters;
+    }
+    if (message.strict !== false) {
+      obj.strict = message.strict;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FunctionDefinition>, I>>(base?: I): FunctionDefinition {
+    return FunctionDefinition.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FunctionDefinition>, I>>(object: I): FunctionDefinition {
+    const message = createBaseFunctionDefinition();
+    message.name = object.name ?? "";
+    message.description = object.description ?? "";
+    message.parameters = object.parameters ?? undefined;
+    message.strict = object.strict ?? false;
+    return message;
+  },
+};
+
+function createBaseToolCall(): ToolCall {
+  return { id: "", type: "", function: undefined };
+}
+
+export const ToolCall: MessageFns<ToolCall> = {
+  encode(message: ToolCall, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.type !== "") {
+      writer.uint32(18).string(message.type);
+    }
+    if (message.function !== undefined) {
+      FunctionCall.encode(message.function, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ToolCall {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseToolCall();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.type = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.function = FunctionCall.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ToolCall {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      type: isSet(object.type) ? globalThis.String(object.type) : "",
+      function: isSet(object.function) ? FunctionCall.fromJSON(object.function) : undefined,
+    };
+  },
+
+  toJSON(message: ToolCall): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.type !== "") {
+      obj.type = message.type;
+    }
+    if (message.function !== undefined) {
+      obj.function = FunctionCall.toJSON(message.function);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ToolCall>, I>>(base?: I): ToolCall {
+    return ToolCall.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ToolCall>, I>>(object: I): ToolCall {
+    const message = createBaseToolCall();
+    message.id = object.id ?? "";
+    message.type = object.type ?? "";
+    message.function = (object.function !== undefined && object.function !== null)
+      ? FunctionCall.fromPartial(object.function)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseFunctionCall(): FunctionCall {
+  return { name: "", arguments: "" };
+}
+
+export const FunctionCall: MessageFns<FunctionCall> = {
+  encode(message: FunctionCall, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.arguments !== "") {
+      writer.uint32(18).string(message.arguments);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FunctionCall {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFunctionCall();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.arguments = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FunctionCall {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      arguments: isSet(object.arguments) ? globalThis.String(object.arguments) : "",
+    };
+  },
+
+  toJSON(message: FunctionCall): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.arguments !== "") {
+      obj.arguments = message.arguments;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FunctionCall>, I>>(base?: I): FunctionCall {
+    return FunctionCall.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FunctionCall>, I>>(object: I): FunctionCall {
+    const message = createBaseFunctionCall();
+    message.name = object.name ?? "";
+    message.arguments = object.arguments ?? "";
+    return message;
+  },
+};
+
+function createBaseToolCallDelta(): ToolCallDelta {
+  return { index: 0, id: "", type: "", function: undefined };
+}
+
+export const ToolCallDelta: MessageFns<ToolCallDelta> = {
+  encode(message: ToolCallDelta, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.index !== 0) {
+      writer.uint32(8).int32(message.index);
+    }
+    if (message.id !== "") {
+      writer.uint32(18).string(message.id);
+    }
+    if (message.type !== "") {
+      writer.uint32(26).string(message.type);
+    }
+    if (message.function !== undefined) {
+      FunctionCall.encode(message.function, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ToolCallDelta {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseToolCallDelta();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.index = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.type = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.function = FunctionCall.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ToolCallDelta {
+    return {
+      index: isSet(object.index) ? globalThis.Number(object.index) : 0,
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      type: isSet(object.type) ? globalThis.String(object.type) : "",
+      function: isSet(object.function) ? FunctionCall.fromJSON(object.function) : undefined,
+    };
+  },
+
+  toJSON(message: ToolCallDelta): unknown {
+    const obj: any = {};
+    if (message.index !== 0) {
+      obj.index = Math.round(message.index);
+    }
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.type !== "") {
+      obj.type = message.type;
+    }
+    if (message.function !== undefined) {
+      obj.function = FunctionCall.toJSON(message.function);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ToolCallDelta>, I>>(base?: I): ToolCallDelta {
+    return ToolCallDelta.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ToolCallDelta>, I>>(object: I): ToolCallDelta {
+    const message = createBaseToolCallDelta();
+    message.index = object.index ?? 0;
+    message.id = object.id ?? "";
+    message.type = object.type ?? "";
+    message.function = (object.function !== undefined && object.function !== null)
+      ? FunctionCall.fromPartial(object.function)
+      : undefined;
     return message;
   },
 };
@@ -950,6 +1558,9 @@ function createBaseChatRequest(): ChatRequest {
     frequencyPenalty: undefined,
     n: undefined,
     responseFormat: undefined,
+    tools: [],
+    toolChoice: undefined,
+    parallelToolCalls: undefined,
   };
 }
 
@@ -1002,6 +1613,15 @@ export const ChatRequest: MessageFns<ChatRequest> = {
     }
     if (message.responseFormat !== undefined) {
       ResponseFormat.encode(message.responseFormat, writer.uint32(130).fork()).join();
+    }
+    for (const v of message.tools) {
+      Tool.encode(v!, writer.uint32(138).fork()).join();
+    }
+    if (message.toolChoice !== undefined) {
+      Value.encode(Value.wrap(message.toolChoice), writer.uint32(146).fork()).join();
+    }
+    if (message.parallelToolCalls !== undefined) {
+      writer.uint32(152).bool(message.parallelToolCalls);
     }
     return writer;
   },
@@ -1147,6 +1767,30 @@ export const ChatRequest: MessageFns<ChatRequest> = {
             message.responseFormat = ResponseFormat.decode(reader, reader.uint32());
             continue;
           }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.tools.push(Tool.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.toolChoice = Value.unwrap(Value.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 19: {
+            if (tag !== 152) {
+              break;
+            }
+
+            message.parallelToolCalls = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1189,6 +1833,9 @@ export const ChatRequest: MessageFns<ChatRequest> = {
       frequencyPenalty: isSet(object.frequency_penalty) ? globalThis.Number(object.frequency_penalty) : undefined,
       n: isSet(object.n) ? globalThis.Number(object.n) : undefined,
       responseFormat: isSet(object.response_format) ? ResponseFormat.fromJSON(object.response_format) : undefined,
+      tools: globalThis.Array.isArray(object?.tools) ? object.tools.map((e: any) => Tool.fromJSON(e)) : [],
+      toolChoice: isSet(object?.tool_choice) ? object.tool_choice : undefined,
+      parallelToolCalls: isSet(object.parallel_tool_calls) ? globalThis.Boolean(object.parallel_tool_calls) : undefined,
     };
   },
 
@@ -1242,6 +1889,15 @@ export const ChatRequest: MessageFns<ChatRequest> = {
     if (message.responseFormat !== undefined) {
       obj.response_format = ResponseFormat.toJSON(message.responseFormat);
     }
+    if (message.tools?.length) {
+      obj.tools = message.tools.map((e) => Tool.toJSON(e));
+    }
+    if (message.toolChoice !== undefined) {
+      obj.tool_choice = message.toolChoice;
+    }
+    if (message.parallelToolCalls !== undefined) {
+      obj.parallel_tool_calls = message.parallelToolCalls;
+    }
     return obj;
   },
 
@@ -1268,6 +1924,9 @@ export const ChatRequest: MessageFns<ChatRequest> = {
     message.responseFormat = (object.responseFormat !== undefined && object.responseFormat !== null)
       ? ResponseFormat.fromPartial(object.responseFormat)
       : undefined;
+    message.tools = object.tools?.map((e) => Tool.fromPartial(e)) || [];
+    message.toolChoice = object.toolChoice === undefined ? undefined : object.toolChoice;
+    message.parallelToolCalls = object.parallelToolCalls ?? undefined;
     return message;
   },
 };
@@ -1905,7 +2564,7 @@ export const ChatResponse: MessageFns<ChatResponse> = {
 };
 
 function createBaseChatDelta(): ChatDelta {
-  return { role: "", content: "" };
+  return { role: "", content: "", toolCalls: [] };
 }
 
 export const ChatDelta: MessageFns<ChatDelta> = {
@@ -1915,6 +2574,9 @@ export const ChatDelta: MessageFns<ChatDelta> = {
     }
     if (message.content !== "") {
       writer.uint32(18).string(message.content);
+    }
+    for (const v of message.toolCalls) {
+      ToolCallDelta.encode(v!, writer.uint32(26).fork()).join();
     }
     return writer;
   },
@@ -1948,6 +2610,14 @@ export const ChatDelta: MessageFns<ChatDelta> = {
             message.content = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.toolCalls.push(ToolCallDelta.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1964,6 +2634,9 @@ export const ChatDelta: MessageFns<ChatDelta> = {
     return {
       role: isSet(object.role) ? globalThis.String(object.role) : "",
       content: isSet(object.content) ? globalThis.String(object.content) : "",
+      toolCalls: globalThis.Array.isArray(object?.tool_calls)
+        ? object.tool_calls.map((e: any) => ToolCallDelta.fromJSON(e))
+        : [],
     };
   },
 
@@ -1975,6 +2648,9 @@ export const ChatDelta: MessageFns<ChatDelta> = {
     if (message.content !== "") {
       obj.content = message.content;
     }
+    if (message.toolCalls?.length) {
+      obj.tool_calls = message.toolCalls.map((e) => ToolCallDelta.toJSON(e));
+    }
     return obj;
   },
 
@@ -1985,6 +2661,7 @@ export const ChatDelta: MessageFns<ChatDelta> = {
     const message = createBaseChatDelta();
     message.role = object.role ?? "";
     message.content = object.content ?? "";
+    message.toolCalls = object.toolCalls?.map((e) => ToolCallDelta.fromPartial(e)) || [];
     return message;
   },
 };
