@@ -121,6 +121,14 @@ def tools_from(tools: list[Any] | None, tool_choice: Any, parallel_tool_calls: b
         if tool_choice not in (None, "none"):
             raise _invalid("tool_choice", "is only allowed when tools are given")
         return None
+    return _checked(json.dumps([tools, tool_choice, parallel_tool_calls], sort_keys=True))
+
+
+# An agent sends the same tools request after request: checked once (10 tools took 8 ms of the event loop,
+# the schemas' checks most of it). A refusal raises, and is not kept.
+@functools.lru_cache(maxsize=256)
+def _checked(key: str) -> Tools | None:
+    tools, tool_choice, parallel_tool_calls = json.loads(key)
     if len(tools) > MAX_TOOLS:
         raise _invalid("tools", f"holds {len(tools)} tools; at most {MAX_TOOLS}")
     functions = tuple(_function(tool, f"tools[{i}]") for i, tool in enumerate(tools))
