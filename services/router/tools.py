@@ -280,8 +280,9 @@ _decoder = json.JSONDecoder()
 
 class ToolReader:
     """One choice's answer, read as it is generated: the words of a {"response": ...} answer as content
-    as soon as they decode, each call once its JSON is whole and valid (Tools.call). Whatever does not
-    parse or validate is content, at the end."""
+    as soon as they decode, each call once its JSON is whole and valid (Tools.call), and a call the answer
+    already made (the same function and arguments) not again. Whatever does not parse or validate is
+    content, at the end."""
 
     def __init__(self, tools: Tools) -> None:
         self._tools = tools
@@ -345,8 +346,11 @@ class ToolReader:
             if call is None:
                 self._closed, self._at = True, at
                 return found
-            self.calls.append(call)
-            found.append(call)
+            # The same call again (a small model repeats itself up to the array's bound): given once, so that a
+            # client runs it once.
+            if not any((c.name, c.arguments) == (call.name, call.arguments) for c in self.calls):
+                self.calls.append(call)
+                found.append(call)
             self._at = end
 
     def _whole(self) -> bool:

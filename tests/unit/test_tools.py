@@ -158,3 +158,12 @@ def test_a_small_integer_range_is_written_out_so_that_the_grammar_keeps_to_it():
     assert arguments["properties"]["days"] == {"enum": [1, 2, 3, 4, 5, 6, 7]}
     assert "minimum" in tools.instructions()  # the model is shown the caller's schema
     assert read(tools, ['{"tool_calls": [{"name": "forecast", "arguments": {"days": 0}}]}'])[1] == "stop"
+
+
+def test_a_call_repeated_in_one_answer_is_given_once():
+    """SmolLM2-135M repeats a call until the array's bound (8): a client would run it eight times."""
+    tools = tools_from([WEATHER, TIME], "required", None)
+    paris = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+    oslo = '{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+    out, reason = read(tools, in_tokens(f'{{"tool_calls": [{paris}, {paris}, {oslo}, {paris}]}}'))
+    assert [json.loads(c.arguments)["city"] for c in out] == ["Paris", "Oslo"] and reason == "tool_calls"
