@@ -308,7 +308,9 @@ class OpenAIServicer(inference_pb2_grpc.OpenAIServiceServicer):
         readers = [tools.reader() for _ in range(answer.n)] if tools else []
 
         def first(index: int) -> bytes:
-            return writer.event([oai.chat_choice(index=index, delta={"role": "assistant", "content": ""})])
+            # With tools the answer may be calls alone: no content yet (an empty one is a text part to some clients).
+            delta = {"role": "assistant"} if readers else {"role": "assistant", "content": ""}
+            return writer.event([oai.chat_choice(index=index, delta=delta)])
 
         def pieces(index: int, read: list[str | ToolCall]) -> list[bytes]:
             """Content as it decodes, each call whole (an OpenAI client assembles either)."""

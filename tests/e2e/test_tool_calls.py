@@ -1,6 +1,6 @@
 """Tool calling through the real gateway, router, Triton and llama.cpp (services/router/tools.py):
 the official openai SDK (Python here, the npm package in tests/js/tool_calls.test.mjs), LangChain's
-ChatOpenAI, the enveloped API and native gRPC.
+ChatOpenAI, the Vercel AI SDK (tests/js/vercel_ai.test.mjs), the enveloped API and native gRPC.
 
 The bundled model is SmolLM2-135M: it writes calls and arguments under the tools' grammar, so they
 parse and validate whatever it makes of the prompt, but it cannot judge well when a tool is called
@@ -209,11 +209,14 @@ def test_langchain_bind_tools_and_one_agent_step(infer):
     assert [c["name"] for c in streamed.tool_calls] == ["get_weather"]
 
 
-# the official openai npm package ----------------------------------------------------------------------------
+# npm packages -----------------------------------------------------------------------------------------------
 
-def test_the_openai_npm_package_calls_tools(infer):
-    out = subprocess.run(["node", "--test", str(REPO_ROOT / "tests" / "js" / "tool_calls.test.mjs")],
+@pytest.mark.parametrize("script,tests", [("tool_calls.test.mjs", 4), ("vercel_ai.test.mjs", 3)],
+                         ids=["openai", "vercel-ai-sdk"])
+def test_the_npm_packages_call_tools(infer, script, tests):
+    """The official openai npm package, and the Vercel AI SDK's Chat Completions provider (its agent loop)."""
+    out = subprocess.run(["node", "--test", str(REPO_ROOT / "tests" / "js" / script)],
                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
                          env={**os.environ, "BASE_URL": infer.gateway.url, "CHAT_MODEL": CHAT})
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "# pass 4" in out.stdout and "# fail 0" in out.stdout, out.stdout
+    assert f"# pass {tests}" in out.stdout and "# fail 0" in out.stdout, out.stdout
