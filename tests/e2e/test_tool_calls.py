@@ -211,7 +211,7 @@ def test_langchain_bind_tools_and_one_agent_step(infer):
 
 # npm packages -----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("script,tests", [("tool_calls.test.mjs", 4), ("vercel_ai.test.mjs", 3)],
+@pytest.mark.parametrize("script,tests", [("tool_calls.test.mjs", 6), ("vercel_ai.test.mjs", 3)],
                          ids=["openai", "vercel-ai-sdk"])
 def test_the_npm_packages_call_tools(infer, script, tests):
     """The official openai npm package, and the Vercel AI SDK's Chat Completions provider (its agent loop)."""

@@ -64,6 +64,37 @@ test("a named function", async () => {
   assert.equal(typeof JSON.parse(call.function.arguments).zone, "string");
 });
 
+// Prompts on which the bundled model decides by a wide margin (tests/e2e/test_tool_calls.py says how wide).
+const calls = [
+  { role: "system", content: "You are a weather assistant. Call get_weather for any question about the weather." },
+  { role: "user", content: "Is it raining in London?" },
+];
+const greetings = [
+  { role: "system", content: "You are a helpful assistant." },
+  { role: "user", content: "Hello!" }, { role: "assistant", content: "Hello! How can I help you today?" },
+  { role: "user", content: "Thanks, that is all." }, { role: "assistant", content: "You are welcome!" },
+  { role: "user", content: "Good night!" },
+];
+
+test("auto: a call when the model makes one", async () => {
+  const completion = await client.chat.completions.create({
+    model, messages: calls, tools: [weather], tool_choice: "auto", parallel_tool_calls: false, temperature: 0,
+    max_tokens: 120,
+  });
+  assert.equal(completion.choices[0].finish_reason, "tool_calls");
+  assert.equal(completion.choices[0].message.tool_calls[0].function.name, "get_weather");
+  assert.equal(typeof JSON.parse(completion.choices[0].message.tool_calls[0].function.arguments).city, "string");
+});
+
+test("auto: words when the model answers in words", async () => {
+  const completion = await client.chat.completions.create({
+    model, messages: greetings, tools: [weather], temperature: 0, max_tokens: 60,
+  });
+  const message = completion.choices[0].message;
+  assert.ok(!message.tool_calls);
+  assert.ok(message.content.trim() && !message.content.trimStart().startsWith("{"), message.content);
+});
+
 test("a streamed call, assembled by the package's stream helper", async () => {
   const stream = client.chat.completions.stream({
     model, messages: ask, tools: [weather], tool_choice: "required", parallel_tool_calls: false, temperature: 0,
