@@ -249,6 +249,17 @@ async def test_router_gives_up_waiting_for_a_render_with_a_clear_error(monkeypat
         release.set()
 
 
+@pytest.mark.parametrize("case", ["3000 nested parentheses", "2000 nested ifs", "endless recursion"])
+def test_a_refusal_for_depth_holds_none_of_the_errors_thousand_frames(case):
+    """The parser's RecursionError (1000 frames) was the refusal's cause: whatever formatted the refusal
+    walked them, and once failed a test with a RecursionError raised while formatting it."""
+    template, _ = HOSTILE_TEMPLATES[case]
+    with pytest.raises(InvalidArgument) as refused:
+        render_template(compile_template(template, "content"), {}, "content")
+    assert refused.value.__cause__ is None and refused.value.__context__ is None
+    assert "too deeply" in refused.value.message
+
+
 def test_a_runaway_render_stops_at_its_budget_and_gives_the_thread_back():
     tracer = sys.gettrace()
     with pytest.raises(InvalidArgument) as refused:
