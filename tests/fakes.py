@@ -163,9 +163,11 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
         if self.behaviour == "rejects":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "input text holds no strings")
         response = service_pb2.ModelInferResponse(model_name=request.model_name, id=request.id)
-        strings = request.inputs[0].shape[-1]  # one row of strings, [1, n], as the batching model takes them
-        add_output(response, "embedding", [[[0.5] * EMBEDDING_DIM] * strings], "FP32")
-        add_output(response, "token_count", [[3] * strings], "INT32")
+        # One row, [1, n], as the batching model takes them: n strings, or n token-id arrays' lengths.
+        inputs = {i.name: i for i in request.inputs}
+        count = (inputs.get("text") or inputs["token_id_lengths"]).shape[-1]
+        add_output(response, "embedding", [[[0.5] * EMBEDDING_DIM] * count], "FP32")
+        add_output(response, "token_count", [[3] * count], "INT32")
         return response
 
 

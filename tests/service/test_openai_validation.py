@@ -160,6 +160,13 @@ def test_embedding_refusals_name_the_parameter(fake_serving, body, param):
     assert_refused(post(fake_serving, "/v1/embeddings", {"model": EMBED, **body}), param)
 
 
+@pytest.mark.parametrize("ids", [[5, 6, 7], [[5, 6], [7]]], ids=["one input", "two inputs"])
+def test_token_ids_reach_the_replica_as_one_vector_each(fake_serving, ids):
+    response = post(fake_serving, "/v1/embeddings", {"model": EMBED, "input": ids})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["data"]) == (2 if isinstance(ids[0], list) else 1)
+
+
 @pytest.mark.parametrize("path,field,value", [
     ("chat", "n", 9), ("chat", "presence_penalty", 3), ("completion", "frequency_penalty", -2.5),
     ("chat", "response_format", {"type": "xml"}), ("completion", "seed", 2**64),
