@@ -312,11 +312,14 @@ class OpenAIServicer(inference_pb2_grpc.OpenAIServiceServicer):
             delta = {"role": "assistant"} if readers else {"role": "assistant", "content": ""}
             return writer.event([oai.chat_choice(index=index, delta=delta)])
 
+        def delta(index: int, piece: str | ToolCall) -> dict:
+            if isinstance(piece, str):
+                return {"content": piece}
+            return {"tool_calls": [oai.tool_call(piece, readers[index].calls.index(piece))]}
+
         def pieces(index: int, read: list[str | ToolCall]) -> list[bytes]:
             """Content as it decodes, each call whole (an OpenAI client assembles either)."""
-            return [writer.event([oai.chat_choice(index=index, delta={"content": piece} if isinstance(piece, str) else
-                                                  {"tool_calls": [oai.tool_call(piece, readers[index].calls.index(
-                                                      piece))]})]) for piece in read if piece]
+            return [writer.event([oai.chat_choice(index=index, delta=delta(index, piece))]) for piece in read if piece]
 
         def text(index: int, chunk: Chunk) -> list[bytes]:
             if readers:
