@@ -22,7 +22,7 @@ from .experiments import Assignment
 from .prompting import Message, SamplingRequest
 from .routes import Route
 from .service import Answer, Generation, InferenceService
-from .tools import ToolCall, Tools, tools_from
+from .tools import ToolCall, Tools, split, tools_from
 
 
 def _name(request) -> str:  # noqa: ANN001
@@ -147,12 +147,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 headers = ()
             content, calls, reason = chunk.text, [], chunk.finish_reason
             if readers:  # content as it decodes, each call whole (tools.py)
-                read = readers[index].feed(chunk.text)
-                if chunk.final:
-                    left, reason = readers[index].finish(reason)
-                    read += left
-                content = "".join(p for p in read if isinstance(p, str))
-                calls = [_tool_call(p, readers[index].calls.index(p)) for p in read if not isinstance(p, str)]
+                read, end = readers[index].read(chunk.text, reason if chunk.final else None)
+                content, found = split(read)
+                calls, reason = [_tool_call(c, readers[index].calls.index(c)) for c in found], end or reason
             first = index not in opened
             if not content and not calls and not chunk.final and not first:
                 continue
@@ -323,14 +320,14 @@ class OpenAIServicer(inference_pb2_grpc.OpenAIServiceServicer):
 
         def text(index: int, chunk: Chunk) -> list[bytes]:
             if readers:
-                return pieces(index, readers[index].feed(chunk.text))
+                return pieces(index, readers[index].read(chunk.text)[0])
             logprobs = oai.chat_logprobs(chunk.logprobs if body.logprobs else None)
             return [writer.event([oai.chat_choice(index=index, delta={"content": chunk.text}, logprobs=logprobs)])]
 
         def last(index: int, reason: str) -> list[bytes]:
             left: list[bytes] = []
             if readers:
-                read, reason = readers[index].finish(reason)
+                read, reason = readers[index].read("", reason)
                 left = pieces(index, read)
             return [*left, writer.event([oai.chat_choice(index=index, finish_reason=reason)])]
 
@@ -373,10 +370,8 @@ def read_answer(tools: Tools | None, generation: Generation) -> tuple[str, list[
     """A whole choice's content, tool calls and finish_reason (with tools, its answer read as tools.py says)."""
     if tools is None:
         return generation.text, [], generation.finish_reason
-    reader = tools.reader()
-    read = reader.feed(generation.text)
-    left, reason = reader.finish(generation.finish_reason)
-    return "".join(p for p in read + left if isinstance(p, str)), reader.calls, reason
+    read, reason = tools.reader().read(generation.text, generation.finish_reason)
+    return *split(read), reason
 
 
 async def _stream(answer: Answer, context, writer: oai.ChunkWriter, first, text, last):  # noqa: ANN001, ANN202

@@ -307,6 +307,15 @@ class ToolReader:
             self._kind, self._at = opening[1], opening.end()
         return self._words() if self._kind == "response" else self._calls()
 
+    def read(self, text: str, finish_reason: str | None = None) -> tuple[list[str | ToolCall], str | None]:
+        """feed(text) and, once the generation ended (its finish_reason given), finish(): the content and
+        calls that completes, and the choice's finish_reason (None while it goes on)."""
+        read = self.feed(text)
+        if finish_reason is None:
+            return read, None
+        left, finish_reason = self.finish(finish_reason)
+        return read + left, finish_reason
+
     def finish(self, finish_reason: str) -> tuple[list[str | ToolCall], str]:
         """What is left once the generation ended, and the choice's finish_reason ("tool_calls" when it
         made a call and was not cut short)."""
@@ -356,6 +365,11 @@ class ToolReader:
     def _whole(self) -> bool:
         """The calls' array was read to its end, every call in it valid."""
         return self._closed and bool(self.calls) and self._text[_skip(self._text, self._at):].startswith("]")
+
+
+def split(read: list[str | ToolCall]) -> tuple[str, list[ToolCall]]:
+    """What a reader gave, as content and calls."""
+    return "".join(p for p in read if isinstance(p, str)), [p for p in read if not isinstance(p, str)]
 
 
 def _skip(text: str, at: int) -> int:
