@@ -116,16 +116,7 @@ def _enumerated_ranges(node: Any, budget: list[int]) -> Any:
         kept = {k: v for k, v in node.items()
                 if k not in ("type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")}
         return {**kept, "enum": list(range(low, high + 1))}
-    out = {}
-    for keyword, value in node.items():
-        if keyword in _SCHEMA_MAPS and isinstance(value, dict):
-            value = {name: _enumerated_ranges(sub, budget) for name, sub in value.items()}
-        elif keyword in _SCHEMA_LISTS and isinstance(value, list):
-            value = [_enumerated_ranges(sub, budget) for sub in value]
-        elif keyword in _SCHEMA_VALUES:
-            value = _enumerated_ranges(value, budget)
-        out[keyword] = value
-    return out
+    return _with_subschemas(node, lambda sub: _enumerated_ranges(sub, budget))
 
 
 def _integer_bounds(node: dict[str, Any]) -> tuple[int | None, int | None]:
@@ -155,18 +146,24 @@ def _without_any_items(node: Any) -> Any:
     Only subschemas are walked: an enum or const value, or a property named items, stays as it is."""
     if not isinstance(node, dict):
         return node
-    kept = {}
+    kept = {keyword: value for keyword, value in node.items()
+            if not (keyword == "items" and (value == {} or value is True))}
+    return _with_subschemas(kept, _without_any_items)
+
+
+def _with_subschemas(node: dict[str, Any], change: Callable[[Any], Any]) -> dict[str, Any]:
+    """node with `change` applied to each of its subschemas (not to enum or const values, nor to the names
+    of properties): the walk _without_any_items and _enumerated_ranges share."""
+    out = {}
     for keyword, value in node.items():
-        if keyword == "items" and (value == {} or value is True):
-            continue
         if keyword in _SCHEMA_MAPS and isinstance(value, dict):
-            value = {name: _without_any_items(sub) for name, sub in value.items()}
+            value = {name: change(sub) for name, sub in value.items()}
         elif keyword in _SCHEMA_LISTS and isinstance(value, list):
-            value = [_without_any_items(sub) for sub in value]
+            value = [change(sub) for sub in value]
         elif keyword in _SCHEMA_VALUES:
-            value = _without_any_items(value)
-        kept[keyword] = value
-    return kept
+            value = change(value)
+        out[keyword] = value
+    return out
 
 
 # A client sends the same schema request after request: checked once (up to 25 ms of the event loop for a
