@@ -145,7 +145,7 @@ class InferenceService:
                 "user": actor.user_id, "endpoint": route.name}
         prompt = await render_chat(route.metadata, messages, system_template=assignment and assignment.template,
                                    template_variables=template_variables,
-                                   system_suffix=tools.instructions() if tools else "")
+                                   system_suffix=tools.instructions if tools else "")
         if not prompt.strip():  # nothing for the model to continue: the template's doing, not the replica's
             raise InvalidArgument(f"the chat template of endpoint {name} rendered an empty prompt for these "
                                   "messages", reason="EMPTY_PROMPT")

@@ -80,7 +80,10 @@ class Tools:
     def reader(self) -> ToolReader:
         return ToolReader(self)
 
+    @functools.cached_property
     def instructions(self) -> str:
+        """What the model is told (the module's docstring): a request's tools are cached (tools_from), and so
+        is this text, written once per distinct set."""
         listed = "\n".join(json.dumps({"name": f.name, "description": f.description, "parameters": f.parameters},
                                       ensure_ascii=False) for f in self.functions)
         many = "one or more functions" if self.parallel else "one function"

@@ -141,9 +141,9 @@ def test_a_tool_message_must_answer_an_earlier_call():
 
 
 def test_the_instructions_name_every_tool_and_the_answer_format():
-    text = tools_from([WEATHER, TIME], "auto", None).instructions()
+    text = tools_from([WEATHER, TIME], "auto", None).instructions
     assert "get_weather" in text and "get_time" in text and '"response"' in text
-    required = tools_from([WEATHER], "required", False).instructions()
+    required = tools_from([WEATHER], "required", False).instructions
     assert '"response"' not in required and "one function" in required
 
 
@@ -156,7 +156,7 @@ def test_a_small_integer_range_is_written_out_so_that_the_grammar_keeps_to_it():
     tools = tools_from([days], "required", None)
     arguments = json.loads(tools.guide)["properties"]["tool_calls"]["items"]["properties"]["arguments"]
     assert arguments["properties"]["days"] == {"enum": [1, 2, 3, 4, 5, 6, 7]}
-    assert "minimum" in tools.instructions()  # the model is shown the caller's schema
+    assert "minimum" in tools.instructions  # the model is shown the caller's schema
     assert read(tools, ['{"tool_calls": [{"name": "forecast", "arguments": {"days": 0}}]}'])[1] == "stop"
 
 
